@@ -1,0 +1,159 @@
+"""Score MMBench / MMBench-CN dev locally: circular evaluation with heuristic matching (scorers.md §10).
+
+    python -m llava.eval.eval_mmbench --upload-file upload.xlsx
+    python -m llava.eval.eval_mmbench --annotation-file mmbench_dev_20230712.tsv --result-file answers.jsonl
+
+Letters are extracted with VLMEvalKit's 2023 ``can_infer`` (option rule, then text rule) in
+exact-matching mode: no LLM fallback, so an unmatched prediction counts as wrong. A question
+(its row with ``index`` < 10⁶ plus the circular copies ``index`` + k·10⁶) scores 1 only if
+every copy's letter equals that copy's ``answer``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+from openpyxl.utils.exceptions import InvalidFileException
+
+from llava.eval.convert_mmbench_for_submission import (TEXT_COLUMNS, check_index, load_predictions,
+                                                       match_predictions, read_tsv)
+from llava.eval.utils import InputError, write_score
+
+OPTION_LETTERS = "ABCD"
+# The 2023 option rule looks for A-E whatever the item's options are; "E" was the "none of them" letter.
+CANDIDATE_LETTERS = "ABCDE"
+SEPARATORS = ".()[],:;!*#{}"
+API_FAILURE = "Failed to obtain answer via API"
+REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.")
+CIRCULAR_STRIDE = 1_000_000
+CATEGORY_COLUMNS = ("category", "l2-category")
+
+
+def infer_option(answer: str) -> str | None:
+    """Option rule: the single candidate letter standing alone as a token, if exactly one does."""
+    if API_FAILURE in answer:
+        return None
+    if any(r in answer for r in REFUSALS):
+        return "E"
+    for ch in SEPARATORS:
+        answer = answer.replace(ch, " ")
+    tokens = set(answer.split())
+    found = [c for c in CANDIDATE_LETTERS if c in tokens]
+    return found[0] if len(found) == 1 else None
+
+
+def infer_text(answer: str, choices: dict[str, str]) -> str | None:
+    """Text rule: the single option whose lower-cased text occurs in the lower-cased answer."""
+    answer = answer.lower()
+    found = [k for k, v in choices.items() if v.lower() in answer]
+    return found[0] if len(found) == 1 else None
+
+
+def extract_letter(prediction: str, choices: dict[str, str]) -> str | None:
+    """VLMEvalKit 2023 ``can_infer``: the option rule, then the text rule; None if neither matches."""
+    return infer_option(prediction) or infer_text(prediction, choices)
+
+
+def choices_of(row: pd.Series) -> dict[str, str]:
+    """Option letter -> text for every non-empty A-D cell (as VLMEvalKit's ``build_choices``)."""
+    return {c: str(row[c]) for c in OPTION_LETTERS if c in row.index and not pd.isna(row[c])}
+
+
+def read_upload(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an upload xlsx (it must carry ``answer``, so only dev-split files can be scored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        df = pd.read_excel(path, engine="openpyxl", dtype={c: str for c in TEXT_COLUMNS})
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, InvalidFileException) as e:
+        raise InputError(f"{path}: cannot read as xlsx ({e})") from None
+    check_index(df, str(path))
+    return df
+
+
+def load_table(upload_file: str | None, annotation_file: str | None,
+               result_file: str | None) -> tuple[pd.DataFrame, str]:
+    """The rows to score, with ``prediction`` and ``answer`` columns, and a name for error messages."""
+    if upload_file:
+        return read_upload(upload_file), upload_file
+    df = read_tsv(annotation_file)
+    df["prediction"] = match_predictions(df, load_predictions(result_file), result_file)
+    return df, annotation_file
+
+
+def evaluate(df: pd.DataFrame, where: str) -> dict:
+    """Circular and single-pass accuracy (percent) plus per-category circular accuracy."""
+    for col in ("prediction", "answer"):
+        if col not in df.columns:
+            raise InputError(f"{where}: no '{col}' column")
+    groups: dict[int, list[bool]] = defaultdict(list)
+    main_rows: dict[int, pd.Series] = {}
+    single: dict[int, bool] = {}
+    unmatched = 0
+    for _, row in df.iterrows():
+        index = int(row["index"])
+        answer = row["answer"]
+        if pd.isna(answer) or answer not in tuple(OPTION_LETTERS):  # a tuple: "" and "AB" are not letters
+            raise InputError(f"{where}: index {index}: answer must be one of A-D, got {answer!r}")
+        # An empty model output is read back from the xlsx as NaN.
+        prediction = "" if pd.isna(row["prediction"]) else str(row["prediction"])
+        letter = extract_letter(prediction, choices_of(row))
+        unmatched += letter is None
+        groups[index % CIRCULAR_STRIDE].append(letter == answer)
+        if index < CIRCULAR_STRIDE:
+            main_rows[index] = row
+            single[index] = letter == answer
+    orphans = sorted(set(groups) - set(main_rows))
+    if orphans:
+        raise InputError(f"{where}: circular copies of index {orphans[0]} but no row with that index")
+    if not groups:
+        raise InputError(f"{where}: no rows")
+
+    hits = {q: all(copies) for q, copies in groups.items()}
+    n = len(groups)
+    per_category: dict[str, dict[str, float]] = {}
+    for col in CATEGORY_COLUMNS:
+        if col not in df.columns:
+            continue
+        by_cat: dict[str, list[bool]] = defaultdict(list)
+        for q, row in main_rows.items():
+            by_cat[str(row[col])].append(hits[q])
+        per_category[col] = {c: 100.0 * sum(v) / len(v) for c, v in sorted(by_cat.items())}
+    return {
+        "circular": 100.0 * sum(hits.values()) / n, "circular_hits": sum(hits.values()),
+        "single_pass": 100.0 * sum(single.values()) / n, "single_pass_hits": sum(single.values()),
+        "questions": n, "rows": len(df), "unmatched_rows": unmatched, "per_category": per_category,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upload-file", help="upload xlsx with prediction and answer columns (dev split)")
+    parser.add_argument("--annotation-file", help="MMBench dev TSV (instead of --upload-file; gives per-category scores)")
+    parser.add_argument("--result-file", help="LLaVA answer file (JSON-lines) for --annotation-file")
+    parser.add_argument("--benchmark", choices=("mmb", "mmb_cn"), default="mmb",
+                        help="benchmark key recorded in the score file")
+    parser.add_argument("--score-file", help="optional JSON file to record the score for summarize")
+    args = parser.parse_args(argv)
+    if bool(args.upload_file) == bool(args.annotation_file) or bool(args.annotation_file) != bool(args.result_file):
+        parser.error("give either --upload-file, or --annotation-file with --result-file")
+    df, where = load_table(args.upload_file, args.annotation_file, args.result_file)
+    res = evaluate(df, where)
+    n = res["questions"]
+    print(f"Questions: {n} ({res['rows']} rows, {res['unmatched_rows']} with no extractable letter)")
+    print(f"Circular accuracy: {res['circular']:.2f}% ({res['circular_hits']}/{n})")
+    print(f"Single-pass accuracy: {res['single_pass']:.2f}% ({res['single_pass_hits']}/{n})")
+    for col, cats in res["per_category"].items():
+        print(f"Circular accuracy by {col}:")
+        for cat, acc in cats.items():
+            print(f"  {cat}: {acc:.2f}%")
+    write_score(args.score_file, args.benchmark, res["circular"], "circular_accuracy", res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Image and prompt preprocessing shared by every entry point (LLaVA's ``mm_utils``)."""
+from __future__ import annotations
+
+import ast
+import math
+import os
+from typing import Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import StoppingCriteria
+
+from llava.constants import IMAGE_TOKEN_INDEX
+
+
+def load_image(image_file: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB; a missing or unreadable file raises an error that names it."""
+    try:
+        with Image.open(image_file) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {image_file}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {image_file}: {e}") from None
+
+
+def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
+    """Pad the short side symmetrically (LLaVA-1.5's ``pad`` aspect ratio mode)."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    result = Image.new(pil_img.mode, (side, side), background_color)
+    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def select_best_resolution(original_size: tuple[int, int], possible_resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """LLaVA-NeXT's grid choice: most effective pixels, then least wasted area (``(width, height)`` pairs)."""
+    original_width, original_height = original_size
+    best_fit, best_effective, best_wasted = None, -1, float("inf")
+    for width, height in possible_resolutions:
+        scale = min(width / original_width, height / original_height)
+        down_w, down_h = int(original_width * scale), int(original_height * scale)
+        effective = min(down_w * down_h, original_width * original_height)
+        wasted = width * height - effective
+        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
+            best_fit, best_effective, best_wasted = (width, height), effective, wasted
+    return best_fit
+
+
+def resize_and_pad_image(image: Image.Image, target_resolution: tuple[int, int]) -> Image.Image:
+    """Resize keeping the aspect ratio, then centre on a black canvas of ``target_resolution``."""
+    original_width, original_height = image.size
+    target_width, target_height = target_resolution
+    scale_w, scale_h = target_width / original_width, target_height / original_height
+    if scale_w < scale_h:
+        new_width, new_height = target_width, min(math.ceil(original_height * scale_w), target_height)
+    else:
+        new_height, new_width = target_height, min(math.ceil(original_width * scale_h), target_width)
+    resized = image.resize((new_width, new_height))
+    canvas = Image.new("RGB", (target_width, target_height), (0, 0, 0))
+    canvas.paste(resized, ((target_width - new_width) // 2, (target_height - new_height) // 2))
+    return canvas
+
+
+def divide_to_patches(image: Image.Image, patch_size: int) -> list[Image.Image]:
+    """Row-major crops of ``patch_size``×``patch_size``."""
+    width, height = image.size
+    return [image.crop((j, i, j + patch_size, i + patch_size))
+            for i in range(0, height, patch_size) for j in range(0, width, patch_size)]
+
+
+def parse_grid_pinpoints(grid_pinpoints) -> list[tuple[int, int]]:
+    if isinstance(grid_pinpoints, str):
+        grid_pinpoints = ast.literal_eval(grid_pinpoints)
+    return [tuple(p) for p in grid_pinpoints]
+
+
+def get_anyres_image_grid_shape(image_size: tuple[int, int], grid_pinpoints, patch_size: int) -> tuple[int, int]:
+    """``(columns, rows)`` of 336-px crops chosen for an image of ``(width, height)``."""
+    width, height = select_best_resolution(image_size, parse_grid_pinpoints(grid_pinpoints))
+    return width // patch_size, height // patch_size
+
+
+def process_anyres_image(image: Image.Image, processor, grid_pinpoints) -> torch.Tensor:
+    """LLaVA-NeXT crops: the whole image resized, then the grid crops in raster order. ``(1 + rows·cols, 3, H, W)``."""
+    best_resolution = select_best_resolution(image.size, parse_grid_pinpoints(grid_pinpoints))
+    padded = resize_and_pad_image(image, best_resolution)
+    crop = processor.crop_size["height"]
+    base = image.resize((processor.size["shortest_edge"],) * 2)
+    crops = [base] + divide_to_patches(padded, crop)
+    return torch.stack([processor.preprocess(c, return_tensors="pt")["pixel_values"][0] for c in crops])
+
+
+def process_images(images: Sequence[Image.Image], image_processor, model_cfg) -> torch.Tensor | list[torch.Tensor]:
+    """Preprocess per ``model_cfg.image_aspect_ratio``: ``pad`` (LLaVA-1.5), ``anyres`` (NeXT) or plain resize+crop.
+
+    Returns a ``(B, 3, H, W)`` tensor, or for ``anyres`` a ``(B, crops, 3, H, W)`` tensor when every
+    image has the same number of crops and a list otherwise.
+    """
+    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect == "pad":
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        out = [image_processor.preprocess(expand2square(img, background), return_tensors="pt")["pixel_values"][0]
+               for img in images]
+    elif aspect is not None and aspect.startswith("anyres"):
+        out = [process_anyres_image(img, image_processor, model_cfg.image_grid_pinpoints) for img in images]
+    elif aspect in (None, "square", "resize"):
+        return image_processor.preprocess(list(images), return_tensors="pt")["pixel_values"]
+    else:
+        raise ValueError(f"unsupported image_aspect_ratio {aspect!r} (expected 'pad', 'anyres', 'square' or None)")
+    if all(x.shape == out[0].shape for x in out):
+        return torch.stack(out)
+    return out
+
+
+def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX,
+                          return_tensors: str | None = None):
+    """Token ids of ``prompt`` with each ``<image>`` replaced by ``image_token_index``.
+
+    Each text chunk is tokenised on its own, exactly as LLaVA was trained: BOS once at the start,
+    then the chunks' ids (each with its sentencepiece dummy prefix) joined by the image placeholder.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    bos = tokenizer.bos_token_id
+    input_ids: list[int] = []
+    for i, ids in enumerate(chunks):
+        if ids and ids[0] == bos and bos is not None:
+            if i == 0:
+                input_ids.append(bos)
+            ids = ids[1:]
+        if i > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(ids)
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    if return_tensors is not None:
+        raise ValueError(f"unsupported tensor type: {return_tensors}")
+    return input_ids
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """``…/llava-v1.5-7b`` → ``llava-v1.5-7b``; ``…/llava-v1.5-7b/checkpoint-100`` → ``llava-v1.5-7b_checkpoint-100``."""
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stop when every sequence in the batch ends with one of ``keywords`` (e.g. a conversation separator)."""
+
+    def __init__(self, keywords: Sequence[str], tokenizer, input_ids: torch.Tensor):
+        self.keywords = list(keywords)
+        self.tokenizer = tokenizer
+        self.start_len = input_ids.shape[1]
+        self.keyword_ids = []
+        for keyword in self.keywords:
+            ids = tokenizer(keyword).input_ids
+            if len(ids) > 1 and ids[0] == tokenizer.bos_token_id:
+                ids = ids[1:]
+            self.keyword_ids.append(torch.tensor(ids))
+
+    def _stopped(self, output_ids: torch.Tensor) -> bool:
+        for ids in self.keyword_ids:
+            if output_ids.shape[0] >= len(ids) and torch.equal(output_ids[-len(ids):].cpu(), ids):
+                return True
+        offset = min(output_ids.shape[0] - self.start_len, 3)
+        text = self.tokenizer.decode(output_ids[-offset:] if offset > 0 else output_ids[:0], skip_special_tokens=True)
+        return any(k in text for k in self.keywords)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = [self._stopped(seq) for seq in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -1,0 +1,149 @@
+"""``load_pretrained_model``: LLaVA's loader, for the original liuhaotian checkpoint layout."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import transformers
+from packaging import version
+from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
+
+_LLAMA_MODEL_TYPES = ("llava", "llava_llama")
+# transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
+_DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
+
+
+def read_llava_config(model_path: str | os.PathLike) -> dict:
+    """The checkpoint's ``config.json`` as a dict; a missing or non-LLaVA config is a clear error."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; --model-path must be a LLaVA checkpoint folder")
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    if not cfg.get("mm_vision_tower"):
+        raise ValueError(f"{path}: not a LLaVA checkpoint (no mm_vision_tower)")
+    return cfg
+
+
+def num_patches(model_path: str | os.PathLike) -> int | None:
+    """Patches per image (per crop) of the checkpoint's vision tower, read from configs only; None if unknown."""
+    cfg = read_llava_config(model_path)
+    tower = resolve_tower_path(cfg["mm_vision_tower"], model_path)
+    try:
+        vision = CLIPVisionConfig.from_pretrained(tower, local_files_only=True)
+    except OSError:
+        return None
+    return (vision.image_size // vision.patch_size) ** 2
+
+
+def check_visual_token_num(model_path: str | os.PathLike, visual_token_num: int | None) -> None:
+    """[FasterVLM] Fail before loading any weights if the budget cannot be met."""
+    if visual_token_num is None:
+        return
+    if visual_token_num < 0:
+        raise ValueError(f"--visual-token-num must be >= 0, got {visual_token_num}")
+    n = num_patches(model_path)
+    if n is not None and visual_token_num > n:
+        raise ValueError(f"--visual-token-num {visual_token_num} exceeds the {n} patches per image of {model_path}")
+
+
+def make_sentencepiece_exact(tokenizer) -> None:
+    """Make a tokenizers-backed LLaMA tokenizer encode text exactly as sentencepiece does.
+
+    LLaVA was trained with sentencepiece semantics: a dummy "▁" before the text, spaces as "▁".
+    transformers 5 departs from it in two ways: LLaMA tokenizers use ``Metaspace(prepend_scheme="first")``,
+    which drops the dummy piece when a text starts with a space (" a" → ["▁a"], not ["▁", "▁a"]), and a
+    checkpoint whose config says ``model_type: llava`` gets a generic backend with no dummy prefix at
+    all. A prepend-and-replace normaliser with no pre-tokeniser is sentencepiece's own behaviour.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow sentencepiece tokenizer (transformers 4.x) is exact already
+        return
+    from tokenizers import normalizers
+
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+
+
+def load_tokenizer(model_path: str | os.PathLike):
+    """The checkpoint's LLaMA tokenizer with sentencepiece-exact encoding."""
+    if not (Path(model_path) / "tokenizer.model").is_file():
+        return AutoTokenizer.from_pretrained(model_path, use_fast=False)
+    # Name the class: AutoTokenizer would follow config.json's model_type ("llava") to a generic backend.
+    tokenizer = LlamaTokenizer.from_pretrained(model_path)
+    make_sentencepiece_exact(tokenizer)
+    return tokenizer
+
+
+def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
+                          device_map="auto", device="cuda", use_flash_attn=False, visual_token_num=None, **kwargs):
+    """Load a LLaVA checkpoint: ``(tokenizer, model, image_processor, context_len)``.
+
+    ``visual_token_num`` [FasterVLM]: visual tokens kept per image (per crop for LLaVA-NeXT); None keeps all.
+    ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
+    ``vision_tower_dtype``: the tower's dtype; by default fp32 when the tower is loaded from
+    ``mm_vision_tower`` (as upstream's ``device_map='auto'`` loads it) and the LLM's dtype when its
+    weights live in the checkpoint.
+    ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    """
+    if model_base is not None:
+        raise NotImplementedError(
+            f"--model-base {model_base}: LoRA / projector-only checkpoints are not supported; "
+            "merge the LoRA weights into a full checkpoint first")
+    cfg_dict = read_llava_config(model_path)
+    model_type = cfg_dict.get("model_type")
+    if model_type not in _LLAMA_MODEL_TYPES:
+        raise NotImplementedError(f"{model_path}: model_type {model_type!r} is not supported (LLaMA-based LLaVA only)")
+    check_visual_token_num(model_path, visual_token_num)
+
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    vision_tower_dtype = kwargs.pop("vision_tower_dtype", None)
+    attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
+    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
+    if load_8bit or load_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=load_8bit, load_in_4bit=load_4bit, bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda:
+        load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
+    if kwargs:
+        warnings.warn(f"load_pretrained_model ignores unknown arguments: {sorted(kwargs)}")
+
+    tokenizer = load_tokenizer(model_path)
+    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"})
+    config._name_or_path = str(model_path)
+    model = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, **load_kwargs)
+    model.set_visual_token_num(visual_token_num)
+
+    if getattr(config, "mm_use_im_patch_token", False):
+        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    if getattr(config, "mm_use_im_start_end", False):
+        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+
+    vision_tower = model.get_vision_tower()
+    if not vision_tower.is_loaded:
+        vision_tower.load_model(torch_dtype=vision_tower_dtype or torch.float32)
+    elif vision_tower_dtype is not None:
+        vision_tower.to(dtype=vision_tower_dtype)
+    model_device = device if on_cuda and load_kwargs.get("device_map") == {"": device} else next(model.parameters()).device
+    if not on_cuda:
+        model.to(device)
+        model_device = torch.device(device)
+    vision_tower.to(device=model_device)
+    model.eval()
+
+    context_len = getattr(config, "max_sequence_length", None) or 2048
+    return tokenizer, model, vision_tower.image_processor, context_len

@@ -1,0 +1,144 @@
+"""CLIP vision tower that also returns FasterVLM's [CLS] attention.
+
+LLaVA reads the patch features of layer ``mm_vision_select_layer`` (the penultimate one). FasterVLM
+additionally needs, from that same layer, the post-softmax attention of the [CLS] query over the patch
+keys. Rather than asking HF CLIP for every attention map (eager attention, 24 full maps materialised,
+and silently ``None`` under SDPA from transformers 4.57 on), the tower runs CLIP's layers itself:
+SDPA everywhere, one extra ``(1 × N)`` query row in the selected layer, and no layer after it.
+``tests/test_clip_encoder.py`` proves this equal to ``CLIPVisionModel(output_attentions=True)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+try:  # transformers >= 5 splits the PIL processor out; the default one there needs torchvision.
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL one.
+    from transformers import CLIPImageProcessor
+
+
+def resolve_tower_path(name: str, base_dir: str | os.PathLike | None = None) -> str:
+    """A local tower folder (absolute, or relative to the checkpoint folder) or else the hub id unchanged."""
+    if os.path.isdir(name):
+        return name
+    if base_dir is not None and (Path(base_dir) / name).is_dir():
+        return str(Path(base_dir) / name)
+    return name
+
+
+def _clip_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One CLIP encoder layer (pre-LN attention + MLP) with SDPA. ``x``: (B, 1+N, C)."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    B, T, C = h.shape
+    q, k, v = (proj(h).view(B, T, attn.num_heads, attn.head_dim).transpose(1, 2)
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, H, T, D) each
+    o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    x = x + attn.out_proj(o.transpose(1, 2).reshape(B, T, C))
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def cls_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[FasterVLM] Post-softmax attention of the [CLS] query over all keys in ``layer``, per head.
+
+    ``x`` is the layer's input (B, 1+N, C); returns (B, H, 1+N). The softmax runs in fp32 over all
+    1+N keys, including [CLS] itself; FasterVLM drops that column afterwards without renormalising.
+    """
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    B, T, _ = h.shape
+    q = attn.q_proj(h[:, :1]).view(B, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, D)
+    k = attn.k_proj(h).view(B, T, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, T, D)
+    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scale  # (B, H, 1, T)
+    return logits.softmax(dim=-1).squeeze(2).to(x.dtype)
+
+
+class CLIPVisionTower(nn.Module):
+    """LLaVA's ``CLIPVisionTower``; ``forward`` returns ``(features, cls_attn)``.
+
+    ``features``: (B, N, C) patch features of the selected layer (``patch``) or (B, 1+N, C) (``cls_patch``).
+    ``cls_attn``: [FasterVLM] (B, H, N) [CLS]→patch attention of that same layer, per head.
+    """
+
+    def __init__(self, vision_tower: str, args, delay_load: bool = False, base_dir: str | None = None):
+        super().__init__()
+        self.is_loaded = False
+        self.vision_tower_name = resolve_tower_path(vision_tower, base_dir)
+        self.select_layer = args.mm_vision_select_layer
+        self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+        if self.select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"unexpected mm_vision_select_feature {self.select_feature!r} (patch or cls_patch)")
+        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+            self.load_model()
+        else:
+            self.cfg_only = None
+
+    def load_model(self, device_map=None, torch_dtype: torch.dtype | None = None) -> None:
+        if self.is_loaded:
+            return
+        try:
+            self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+            self.vision_tower = CLIPVisionModel.from_pretrained(
+                self.vision_tower_name, device_map=device_map, **({"dtype": torch_dtype} if torch_dtype else {}))
+        except OSError as e:
+            raise OSError(f"cannot load the vision tower {self.vision_tower_name!r} named by mm_vision_tower: {e}") from None
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    @property
+    def _layer_index(self) -> int:
+        """0-based index of the encoder layer whose output is ``hidden_states[select_layer]``."""
+        n = self.config.num_hidden_layers
+        index = n + self.select_layer if self.select_layer < 0 else self.select_layer - 1
+        if not 0 <= index < n:
+            raise ValueError(f"mm_vision_select_layer={self.select_layer} selects no encoder layer of a {n}-layer tower")
+        return index
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images``: (B, 3, H, W) → features (B, N, C) and [CLS] attention (B, H, N), in ``images.dtype``."""
+        # transformers 5 flattened CLIPVisionModel; 4.x nests the same modules under .vision_model.
+        vm = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        x = vm.pre_layrnorm(vm.embeddings(images.to(device=self.device, dtype=self.dtype)))  # (B, 1+N, C)
+        index = self._layer_index
+        for layer in vm.encoder.layers[:index]:
+            x = _clip_layer(layer, x)
+        selected = vm.encoder.layers[index]
+        attn = cls_attention(selected, x)[:, :, 1:]  # [FasterVLM] (B, H, N): drop the CLS→CLS column
+        x = _clip_layer(selected, x)  # layers after the selected one never reach LLaVA, so they never run
+        features = x[:, 1:] if self.select_feature == "patch" else x
+        return features.to(images.dtype), attn.to(images.dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_tower.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_tower.device
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        if self.is_loaded:
+            return self.vision_tower.config
+        if self.cfg_only is None:
+            self.cfg_only = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+        return self.cfg_only
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side ** 2

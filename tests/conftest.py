@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FASTERVLM_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared/reference-data`` beside the project root; tests using it skip when absent."""
+    ref = SHARED / "reference-data"
+    if not ref.is_dir():
+        pytest.skip(f"reference data not found at {ref}")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny random LLaVA-1.5 checkpoint in the original layout (built once per session)."""
+    from llava.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "llava-v1.5-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint on CPU, fp32."""
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(str(tiny_ckpt), None, "llava-v1.5-tiny", device="cpu")

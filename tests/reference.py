@@ -1,0 +1,72 @@
+"""Independent reference computations for the model tests, built from stock transformers classes only.
+
+Nothing here imports the code under test's model path: the vision side is HF's eager
+``CLIPVisionModel(output_attentions=True)``, the language side HF's ``LlamaForCausalLM`` fed with
+``inputs_embeds``, the projector plain ``torch.nn.functional`` on the checkpoint's tensors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+
+def checkpoint_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for shard in sorted(ckpt.glob("*.safetensors")):
+        state.update(load_file(shard))
+    return {k: v.float() for k, v in state.items()}
+
+
+def reference_llama(ckpt: Path) -> LlamaForCausalLM:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    keys = {k for k in LlamaConfig().to_dict()} | {"vocab_size"}
+    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k in keys and k != "model_type"}))
+    state = {k: v for k, v in checkpoint_state(ckpt).items() if "mm_projector" not in k}
+    llama.load_state_dict(state, strict=True)
+    return llama.eval()
+
+
+def reference_tower(ckpt: Path) -> CLIPVisionModel:
+    return CLIPVisionModel.from_pretrained(ckpt / "vision_tower", attn_implementation="eager").eval()
+
+
+def reference_visual_tokens(ckpt: Path, tower: CLIPVisionModel, pixel_values: torch.Tensor, k: int | None):
+    """FasterVLM as the paper defines it: CLS row of attentions[-2], head mean, top-k, raster order, projector."""
+    out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    feats = out.hidden_states[-2][:, 1:]  # (B, N, C)
+    scores = out.attentions[-2][:, :, 0, 1:].mean(dim=1)  # (B, N)
+    if k is None:
+        keep = torch.arange(feats.shape[1]).expand(feats.shape[0], -1)
+    else:
+        keep = torch.sort(torch.topk(scores, k, dim=-1).indices, dim=-1).values
+    kept = torch.stack([f[i] for f, i in zip(feats, keep)])
+    state = checkpoint_state(ckpt)
+    h = F.linear(kept, state["model.mm_projector.0.weight"], state["model.mm_projector.0.bias"])
+    h = F.linear(F.gelu(h), state["model.mm_projector.2.weight"], state["model.mm_projector.2.bias"])
+    return h, keep, scores
+
+
+def splice(llama: LlamaForCausalLM, input_ids: torch.Tensor, visual: torch.Tensor, image_token: int = -200):
+    """(1, L) ids with one placeholder + (k, D) visual embeddings → (1, L-1+k, D)."""
+    ids = input_ids[0]
+    pos = int((ids == image_token).nonzero())
+    embed = llama.get_input_embeddings()
+    return torch.cat([embed(ids[:pos]), visual, embed(ids[pos + 1:])])[None]
+
+
+@torch.no_grad()
+def greedy(llama: LlamaForCausalLM, embeds: torch.Tensor, steps: int, eos: int) -> list[int]:
+    """Greedy decoding by full recomputation each step (no KV cache)."""
+    out: list[int] = []
+    for _ in range(steps):
+        nxt = int(llama(inputs_embeds=embeds).logits[0, -1].argmax())
+        out.append(nxt)
+        if nxt == eos:
+            break
+        embeds = torch.cat([embeds, llama.get_input_embeddings()(torch.tensor([[nxt]]))], dim=1)
+    return out

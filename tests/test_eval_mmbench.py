@@ -1,0 +1,175 @@
+"""MMBench upload converter and local circular scorer."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import openpyxl
+import pandas as pd
+import pytest
+
+from llava.eval import convert_mmbench_for_submission as conv
+from llava.eval import eval_mmbench as mmb
+from llava.eval.utils import InputError, read_json
+
+UPLOAD = "llava-eval/mmbench/answers_upload/mmbench_dev_20230712/llava-v1.5-13b.xlsx"
+ANSWERS = "llava-eval/mmbench/answers/mmbench_dev_20230712/llava-v1.5-13b.jsonl"
+TSV_COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image",
+               "source", "l2-category", "comment", "split"]
+UPLOAD_HEADER = ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
+IMAGE = base64.b64encode(b"\x89PNG\r\n\x1a\n fake image bytes").decode()
+
+
+# --- letter extraction -------------------------------------------------------------------
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("B", "B"),
+    ("The answer is C.", "C"),
+    ("(D) a dog", "D"),
+    ("A: cat", "A"),
+    ("E", "E"),                                   # E is a candidate letter in the 2023 rule
+    ("A or B", None),                             # two letters: no option match, no text match
+    ("a", None),                                  # letters are case-sensitive
+    ("Bird", None),                               # a letter inside a word is not a token
+    ("I can't process this file.", "E"),          # Bard refusal
+    ("Failed to obtain answer via API", None),
+])
+def test_infer_option(prediction, expected):
+    assert mmb.infer_option(prediction) == expected
+
+
+def test_text_rule_and_fallback():
+    choices = {"A": "Red", "B": "Blue", "C": "Green"}
+    assert mmb.infer_text("it is blue.", choices) == "B"
+    assert mmb.infer_text("blue or green", choices) is None
+    assert mmb.extract_letter("The sky is blue", choices) == "B"        # no letter token -> text rule
+    assert mmb.extract_letter("B. green", choices) == "B"               # option rule wins
+    assert mmb.extract_letter("Failed to obtain answer via API: blue", choices) == "B"
+    assert mmb.extract_letter("purple", choices) is None
+
+
+# --- tiny generated benchmark ------------------------------------------------------------
+
+def _rotations(index: int, options: list[str], answer: int, category: str, copies: int) -> list[dict]:
+    """The original row plus ``copies - 1`` circular copies with rotated options."""
+    rows = []
+    for k in range(copies):
+        rotated = options[k:] + options[:k]
+        row = {"index": index + k * 1_000_000, "question": f"question {index}?", "hint": None,
+               **{c: (rotated[i] if i < len(rotated) else None) for i, c in enumerate("ABCD")},
+               "answer": "ABCD"[rotated.index(options[answer])], "category": category, "image": IMAGE,
+               "source": "generated", "l2-category": f"l2 {category}", "comment": None, "split": "dev"}
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    """A 3-question TSV (groups of 4, 2 and 1 rows) and answers: 1 circular hit, 2 single-pass hits."""
+    rows = (_rotations(0, ["red", "blue", "green", "yellow"], 1, "color", 4)
+            + _rotations(1, ["cat", "dog"], 0, "animal", 2)
+            + _rotations(2, ["yes", "no"], 1, "animal", 1))
+    tsv = tmp_path / "mmbench_dev.tsv"
+    pd.DataFrame(rows, columns=TSV_COLUMNS).to_csv(tsv, sep="\t", index=False)
+    predictions = {
+        0: "B", 1_000_000: "The answer is A.", 2_000_000: "blue", 3_000_000: "(C) blue",  # all right
+        1: "A", 1_000_001: "A",                                                          # copy wrong
+        2: "Maybe.",                                                                     # unmatched
+    }
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": q, "round_id": 0, "prompt": "p", "text": t}) + "\n"
+                               for q, t in predictions.items()))
+    return tsv, answers
+
+
+def test_tiny_round_trip(tiny, tmp_path, capsys):
+    tsv, answers = tiny
+    upload = tmp_path / "up" / "n_576.xlsx"
+    conv.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--upload-file", str(upload)])
+    sheet = openpyxl.load_workbook(upload).active
+    assert [c.value for c in sheet[1]] == UPLOAD_HEADER                  # no row-number column
+    assert sheet.max_row == 8
+    assert [c.value for c in sheet[3]][:7] == [1_000_000, "question 0?", "blue", "green", "yellow", "red",
+                                               "The answer is A."]
+
+    score_file = tmp_path / "score.json"
+    mmb.main(["--upload-file", str(upload), "--score-file", str(score_file)])
+    out = capsys.readouterr().out
+    assert "Circular accuracy: 33.33% (1/3)" in out
+    assert "Single-pass accuracy: 66.67% (2/3)" in out
+    score = read_json(score_file)
+    assert score["benchmark"] == "mmb" and score["metric"] == "circular_accuracy"
+    assert score["score"] == pytest.approx(100 / 3)
+    assert score["details"]["unmatched_rows"] == 1
+
+    # The TSV route gives the same numbers plus per-category results.
+    mmb.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--benchmark", "mmb_cn",
+              "--score-file", str(score_file)])
+    score = read_json(score_file)
+    assert score["benchmark"] == "mmb_cn"
+    assert score["details"]["single_pass_hits"] == 2
+    assert score["details"]["per_category"]["category"] == {"animal": 0.0, "color": 100.0}
+    assert "color: 100.00%" in capsys.readouterr().out
+
+
+def test_missing_and_extra_predictions(tiny, tmp_path):
+    tsv, answers = tiny
+    lines = answers.read_text().splitlines()
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines[:-2]) + "\n")
+    with pytest.raises(InputError, match=r"2 of 7 TSV rows have no prediction"):
+        conv.build_upload(tsv, short)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(answers.read_text() + json.dumps({"question_id": 99, "text": "A"}) + "\n")
+    with pytest.raises(InputError, match=r"1 answers match no TSV index"):
+        conv.build_upload(tsv, extra)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(answers.read_text() + lines[0] + "\n")
+    with pytest.raises(InputError, match=r"dup.jsonl:8: duplicate question_id 0"):
+        conv.build_upload(tsv, dup)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question_id": "0", "text": "A"}) + "\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:1: question_id must be an integer"):
+        conv.load_predictions(bad)
+
+
+def test_bad_tables(tiny, tmp_path):
+    tsv, answers = tiny
+    df = conv.build_upload(tsv, answers)
+    with pytest.raises(InputError, match=r"index 1000001: answer must be one of A-D"):
+        mmb.evaluate(df.assign(answer=["B", "A", "D", "C", "A", "E", "B"]), "x.xlsx")
+    with pytest.raises(InputError, match=r"copies of index 1 but no row"):
+        mmb.evaluate(df[df["index"] != 1], "x.xlsx")
+    with pytest.raises(InputError, match=r"no 'answer' column"):
+        mmb.evaluate(df.drop(columns="answer"), "x.xlsx")
+    with pytest.raises(InputError, match=r"no 'index' column"):
+        conv.check_index(df.drop(columns="index"), "x.tsv")
+    with pytest.raises(InputError, match=r"nope.xlsx: file not found"):
+        mmb.read_upload(tmp_path / "nope.xlsx")
+    with pytest.raises(InputError, match=r"cannot read as xlsx"):
+        mmb.read_upload(answers)
+    with pytest.raises(SystemExit):
+        mmb.main(["--annotation-file", str(tsv)])
+
+
+# --- LLaVA-1.5-13B reference files ----------------------------------------------------
+
+def test_reference_upload_scores(shared_dir):
+    res = mmb.evaluate(mmb.read_upload(shared_dir / UPLOAD), UPLOAD)
+    assert (res["questions"], res["rows"]) == (1176, 4377)
+    assert (res["circular_hits"], res["single_pass_hits"]) == (796, 887)
+    assert round(res["circular"], 2) == 67.69 and round(res["single_pass"], 2) == 75.43
+
+
+def test_reference_converter_round_trip(shared_dir, tmp_path):
+    """A TSV rebuilt from the upload file + LLaVA's answers reproduces LLaVA's upload file."""
+    ref = mmb.read_upload(shared_dir / UPLOAD)
+    tsv = ref.drop(columns="prediction").assign(
+        hint=None, category="c", image=IMAGE, source="s", **{"l2-category": "l2"}, comment=None)
+    tsv[TSV_COLUMNS].to_csv(tmp_path / "dev.tsv", sep="\t", index=False)
+    conv.main(["--annotation-file", str(tmp_path / "dev.tsv"), "--result-file", str(shared_dir / ANSWERS),
+               "--upload-file", str(tmp_path / "out.xlsx")])
+    ours = mmb.read_upload(tmp_path / "out.xlsx")
+    assert list(ours.columns) == UPLOAD_HEADER
+    pd.testing.assert_frame_equal(ours, ref)

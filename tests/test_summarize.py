@@ -1,0 +1,135 @@
+"""Average % and the Table-1 layout of llava.eval.summarize, checked against the paper's tables."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from llava.eval import summarize as summ
+from llava.eval.utils import BENCHMARKS, InputError, write_score
+
+IMAGE_TABLES = ("table7_llava15_7b.csv", "table8_llava15_13b.csv", "table9_llava_next_7b.csv")
+# Rows whose printed average does not follow from their printed scores (see the report).
+# FastV@432 (7B): 100.5946 vs 100.60, within what 2-decimal rounding of the inputs allows.
+# SparseVLM rows: 0.16-0.27 points off, far beyond rounding; no benchmark subset explains them.
+KNOWN_MISMATCHES = {
+    ("table7_llava15_7b.csv", "FastV", "432"),
+    ("table7_llava15_7b.csv", "SparseVLM", "288"),
+    ("table7_llava15_7b.csv", "SparseVLM", "144"),
+    ("table7_llava15_7b.csv", "SparseVLM", "58"),
+    ("table9_llava_next_7b.csv", "SparseVLM", "720"),
+}
+
+
+def _rows(shared_dir: Path, name: str) -> list[dict[str, str]]:
+    with open(shared_dir / "paper" / name, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _baseline(rows: list[dict[str, str]]) -> dict[str, str]:
+    """The unpruned model: the row with 0 % reduction."""
+    (base,) = [r for r in rows if r["reduction"] == "0"]
+    return base
+
+
+def _scores(row: dict[str, str], keys) -> dict[str, float]:
+    return {k: float(row[k]) for k in keys}
+
+
+@pytest.mark.parametrize("name", IMAGE_TABLES)
+def test_fastervlm_rows_reproduce_paper_average(shared_dir, name):
+    rows = _rows(shared_dir, name)
+    base = _scores(_baseline(rows), BENCHMARKS)
+    checked = 0
+    for row in rows:
+        if row["method"] == "FasterVLM":
+            assert f"{summ.average_pct(_scores(row, BENCHMARKS), base):.2f}" == row["average_pct"], row
+            checked += 1
+    assert checked == 5
+
+
+@pytest.mark.parametrize("name", IMAGE_TABLES)
+def test_other_rows_reproduce_except_known(shared_dir, name):
+    rows = _rows(shared_dir, name)
+    base = _scores(_baseline(rows), BENCHMARKS)
+    mismatches = {(name, r["method"], r["tokens"]) for r in rows
+                  if f"{summ.average_pct(_scores(r, BENCHMARKS), base):.2f}" != r["average_pct"]}
+    assert mismatches == {k for k in KNOWN_MISMATCHES if k[0] == name}
+
+
+def test_video_table_average(shared_dir):
+    """Table 10: the accuracy average is the same ratio mean over 4 datasets; the score one only
+    within the rounding of its 2-decimal GPT scores (e.g. 100.28 computed vs 100.24 printed)."""
+    rows = _rows(shared_dir, "table10_video_llava.csv")
+    base = _baseline(rows)
+    datasets = ("tgif", "msvd", "msrvtt", "anet")
+    for row in rows:
+        acc = [f"{d}_acc" for d in datasets]
+        assert f"{summ.average_pct(_scores(row, acc), _scores(base, acc)):.2f}" == row["avg_acc_pct"], row
+        sc = [f"{d}_score" for d in datasets]
+        r, b = _scores(row, sc), _scores(base, sc)
+        lo = summ.average_pct({k: v - 0.005 for k, v in r.items()}, {k: v + 0.005 for k, v in b.items()})
+        hi = summ.average_pct({k: v + 0.005 for k, v in r.items()}, {k: v - 0.005 for k, v in b.items()})
+        assert lo - 0.005 <= float(row["avg_score_pct"]) <= hi + 0.005, row
+
+
+def test_average_pct_uses_common_benchmarks():
+    assert summ.average_pct({"a": 50.0, "b": 30.0, "c": 1.0}, {"a": 100.0, "b": 20.0}) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="no benchmark"):
+        summ.average_pct({"a": 1.0}, {"b": 1.0})
+    with pytest.raises(ValueError, match="baseline score of a is 0"):
+        summ.average_pct({"a": 1.0}, {"a": 0.0})
+
+
+def test_table_layout():
+    scores = {576: {"gqa": 60.0, "pope": 80.0}, 58: {"gqa": 30.0, "mme": 1000.0}}
+    header, rows, notes = summ.table(scores, [576, 58, 0], 576)
+    assert header[0] == "Tokens" and header[-1] == "Average %" and len(header) == 12
+    assert rows[0] == ["576", "-", "60.00", "-", "-", "-", "80.00", "-", "-", "-", "-", "100.00"]
+    assert rows[1][2] == "30.00" and rows[1][7] == "1000.00" and rows[1][-1] == "50.00"
+    assert rows[2] == ["0"] + ["-"] * 11
+    assert notes[2] == "n_0: no scores"
+    assert notes[1].startswith("n_58: average over 1/10 benchmarks; missing vqav2 (no score)")
+    assert "mme (no baseline)" in notes[1]
+    assert summ.render(header, rows[:1], "csv").splitlines()[1] == "576,-,60.00,-,-,-,80.00,-,-,-,-,100.00"
+    assert summ.render(header, rows[:1], "markdown").splitlines()[1] == "|" + "---|" * 12
+
+
+def test_parse_set():
+    assert summ.parse_set("vqav2@58=75.1") == ("vqav2", 58, 75.1)
+    for bad, message in [("vqav2=75", "expected bench@tokens=value"), ("vqa@58=1", "unknown benchmark"),
+                         ("gqa@x=1", "expected"), ("gqa@58=nan", "finite")]:
+        with pytest.raises(InputError, match=message):
+            summ.parse_set(bad)
+    with pytest.raises(SystemExit):
+        summ.main(["--ckpt", "x", "--set", "bad"])
+
+
+def test_cli_reads_score_files(tmp_path, capsys):
+    """Scores from paper Table 7 (7B) written as score files reproduce its FasterVLM averages."""
+    base = dict(zip(BENCHMARKS, (78.52, 61.94, 50.06, 69.51, 58.21, 85.88, 1506.47, 64.69, 58.08, 31.30)))
+    at58 = dict(zip(BENCHMARKS, (71.92, 54.91, 53.01, 68.91, 55.28, 75.85, 1348.63, 60.57, 54.90, 30.10)))
+    server = ("vqav2", "vizwiz", "mmb", "mmb_cn", "mmvet")
+    for tokens, scores in ((576, base), (58, at58)):
+        for bench, value in scores.items():
+            if bench not in server:
+                write_score(summ.score_path(tmp_path, bench, "llava-v1.5-7b", "fastervlm", tokens),
+                            bench, value, "accuracy")
+    sets = [f"{b}@{t}={s[b]}" for t, s in ((576, base), (58, at58)) for b in server]
+    summ.main(["--eval-dir", str(tmp_path), "--ckpt", "llava-v1.5-7b", "--tokens", "576", "58", "--set", *sets])
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].endswith("| 100.00 |") and out[3].endswith("| 94.24 |")
+    assert len(out) == 4                                       # nothing missing, so no notes
+    assert (tmp_path / "MME/scores/llava-v1.5-7b/fastervlm/n_58.json").is_file()
+
+    summ.main(["--eval-dir", str(tmp_path), "--ckpt", "llava-v1.5-7b", "--tokens", "58", "--format", "csv"])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1].split(",")[0] == "58"
+    assert "missing vqav2 (no score)" in captured.err
+
+
+def test_score_file_for_wrong_benchmark(tmp_path):
+    write_score(summ.score_path(tmp_path, "pope", "m", "fastervlm", 576), "mme", 1.0, "f1")
+    with pytest.raises(InputError, match=r"n_576.json: expected a score file for benchmark 'pope'"):
+        summ.load_scores(tmp_path, "m", "fastervlm", [576])
