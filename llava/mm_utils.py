@@ -36,7 +36,14 @@ def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Im
 
 
 def select_best_resolution(original_size: tuple[int, int], possible_resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """LLaVA-NeXT's grid choice: most effective pixels, then least wasted area (``(width, height)`` pairs)."""
+    """LLaVA-NeXT's grid choice: most effective pixels, then least wasted area (``(width, height)`` pairs).
+
+    [FasterVLM] Upstream FasterVLM replaced this rule, without a marker, by "largest fill ratio
+    (scaled area / canvas area), first grid on ties". That is a bug: it matches neither vanilla
+    LLaVA-NeXT (a 1280×720 image gets 3 crops instead of 5) nor the paper's fixed 672×672 grid, so
+    crop and token counts drift per image. It is deliberately not reproduced; the paper protocol
+    fixes the grid instead (see ``anyres_grid_pinpoints``).
+    """
     original_width, original_height = original_size
     best_fit, best_effective, best_wasted = None, -1, float("inf")
     for width, height in possible_resolutions:
@@ -72,9 +79,49 @@ def divide_to_patches(image: Image.Image, patch_size: int) -> list[Image.Image]:
 
 
 def parse_grid_pinpoints(grid_pinpoints) -> list[tuple[int, int]]:
+    """``image_grid_pinpoints`` as ``(width, height)`` tuples; configs store a list or its string form."""
     if isinstance(grid_pinpoints, str):
         grid_pinpoints = ast.literal_eval(grid_pinpoints)
+    if not grid_pinpoints:
+        raise ValueError("image_aspect_ratio 'anyres' needs image_grid_pinpoints in the model config")
     return [tuple(p) for p in grid_pinpoints]
+
+
+# Preprocessing modes of ``image_aspect_ratio`` (None and "square"/"resize" are a plain resize + centre crop).
+IMAGE_ASPECT_RATIOS = (None, "pad", "anyres", "square", "resize")
+# [FasterVLM] How LLaVA-NeXT (anyres) images are cut and merged:
+#   "paper":   the protocol FasterVLM was evaluated with (Theia-4869/FasterVLM#8): a fixed 2×2 grid of crops
+#              (672×672 for a 336-px tower) and the 'spatial' merge, no unpadding, no image_newline;
+#              5 crops × visual_token_num tokens per image.
+#   "vanilla": LLaVA-NeXT as released: the grid from select_best_resolution and the config's mm_patch_merge_type.
+ANYRES_PROTOCOLS = ("paper", "vanilla")
+
+
+def check_image_aspect_ratio(model_cfg) -> str | None:
+    """The config's ``image_aspect_ratio``; an unsupported value is an error rather than a silent fallback."""
+    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"unsupported image_aspect_ratio {aspect!r} (expected 'pad', 'anyres', 'square' or None)")
+    return aspect
+
+
+def get_anyres_protocol(model_cfg) -> str:
+    """[FasterVLM] The config's ``anyres_protocol``; unset means vanilla LLaVA-NeXT (``load_pretrained_model`` sets it)."""
+    protocol = getattr(model_cfg, "anyres_protocol", None) or "vanilla"
+    if protocol not in ANYRES_PROTOCOLS:
+        raise ValueError(f"unsupported anyres_protocol {protocol!r} (expected one of {ANYRES_PROTOCOLS})")
+    return protocol
+
+
+def anyres_grid_pinpoints(model_cfg, crop_size: int) -> list[tuple[int, int]]:
+    """[FasterVLM] The ``(width, height)`` canvases anyres may choose from under the config's protocol.
+
+    The paper protocol allows only the 2×2 grid of ``crop_size`` crops (672×672 for LLaVA-1.6), so every
+    image gets 5 crops whatever its shape; vanilla uses the checkpoint's ``image_grid_pinpoints``.
+    """
+    if get_anyres_protocol(model_cfg) == "paper":
+        return [(2 * crop_size, 2 * crop_size)]
+    return parse_grid_pinpoints(getattr(model_cfg, "image_grid_pinpoints", None))
 
 
 def get_anyres_image_grid_shape(image_size: tuple[int, int], grid_pinpoints, patch_size: int) -> tuple[int, int]:
@@ -97,19 +144,19 @@ def process_images(images: Sequence[Image.Image], image_processor, model_cfg) ->
     """Preprocess per ``model_cfg.image_aspect_ratio``: ``pad`` (LLaVA-1.5), ``anyres`` (NeXT) or plain resize+crop.
 
     Returns a ``(B, 3, H, W)`` tensor, or for ``anyres`` a ``(B, crops, 3, H, W)`` tensor when every
-    image has the same number of crops and a list otherwise.
+    image has the same number of crops and a list otherwise. [FasterVLM] Under
+    ``model_cfg.anyres_protocol == "paper"`` every anyres image is cut on the fixed 2×2 grid (5 crops).
     """
-    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    aspect = check_image_aspect_ratio(model_cfg)
     if aspect == "pad":
         background = tuple(int(x * 255) for x in image_processor.image_mean)
         out = [image_processor.preprocess(expand2square(img, background), return_tensors="pt")["pixel_values"][0]
                for img in images]
-    elif aspect is not None and aspect.startswith("anyres"):
-        out = [process_anyres_image(img, image_processor, model_cfg.image_grid_pinpoints) for img in images]
-    elif aspect in (None, "square", "resize"):
-        return image_processor.preprocess(list(images), return_tensors="pt")["pixel_values"]
+    elif aspect == "anyres":
+        pinpoints = anyres_grid_pinpoints(model_cfg, image_processor.crop_size["height"])
+        out = [process_anyres_image(img, image_processor, pinpoints) for img in images]
     else:
-        raise ValueError(f"unsupported image_aspect_ratio {aspect!r} (expected 'pad', 'anyres', 'square' or None)")
+        return image_processor.preprocess(list(images), return_tensors="pt")["pixel_values"]
     if all(x.shape == out[0].shape for x in out):
         return torch.stack(out)
     return out

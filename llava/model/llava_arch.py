@@ -4,23 +4,44 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import math
+
 import torch
 import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.mm_utils import (ANYRES_PROTOCOLS, anyres_grid_pinpoints, check_image_aspect_ratio,
+                            get_anyres_image_grid_shape, get_anyres_protocol)
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
 
 
+# How LLaVA-NeXT lays out the tokens of its crops (``mm_patch_merge_type``).
+MM_PATCH_MERGE_TYPES = ("flat", "spatial", "spatial_unpad")
+
+
+def get_mm_patch_merge_type(config) -> str:
+    """The config's ``mm_patch_merge_type`` (LLaVA-1.5 configs predate it: ``flat``); unknown values are errors."""
+    merge_type = getattr(config, "mm_patch_merge_type", None) or "flat"
+    if merge_type not in MM_PATCH_MERGE_TYPES:
+        raise ValueError(f"unsupported mm_patch_merge_type {merge_type!r} (expected one of {MM_PATCH_MERGE_TYPES})")
+    return merge_type
+
+
 class LlavaMetaModel:
-    """Mixin for the LLM backbone (``model.*`` keys): owns ``vision_tower`` and ``mm_projector``."""
+    """Mixin for the LLM backbone (``model.*`` keys): owns ``vision_tower``, ``mm_projector`` and, for
+    LLaVA-NeXT's ``spatial_unpad`` merge, ``image_newline``."""
 
     def __init__(self, config):
         super().__init__(config)
         if getattr(config, "mm_vision_tower", None):
+            check_image_aspect_ratio(config)
             self.vision_tower = build_vision_tower(config, delay_load=True,
                                                    base_dir=getattr(config, "_name_or_path", None) or None)
             self.mm_projector = build_vision_projector(config)
+            if get_mm_patch_merge_type(config) == "spatial_unpad":
+                # Learned embedding appended after every row of the unpadded crop grid (``model.image_newline``).
+                self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
 
     def get_vision_tower(self):
         return getattr(self, "vision_tower", None)
@@ -30,14 +51,32 @@ class LlavaMetaModel:
 class PruningInfo:
     """[FasterVLM] What the last multimodal forward kept, for scripts and analyses.
 
-    ``kept_indices[i]``: raster indices (ascending) of the patches kept for image ``i`` of the batch.
-    ``cls_attn``: (num_images, N) head-mean [CLS] attention before pruning.
-    ``visual_tokens``: visual tokens spliced into each sequence of the batch.
+    Every image is one or more 336-px crops (LLaVA-1.5: one; LLaVA-NeXT: the base image, then the grid
+    crops in raster order), and every crop gets its own top-k.
+
+    ``kept_indices[j]``: raster indices (ascending) of the patches selected in crop ``j``, counting the crops
+    of all images of the batch in order. For vanilla ``spatial_unpad`` this is before unpadding, which
+    then drops the selected patches that lie on padding.
+    ``crops_per_image``: how many crops of ``kept_indices`` / ``cls_attn`` belong to each image.
+    ``cls_attn``: (total_crops, N) head-mean [CLS] attention before pruning.
+    ``token_sources[i]``: (L_i,) where each visual token of image ``i`` comes from, in sequence order:
+    ``crop * N + patch`` within that image, or -1 for an ``image_newline`` token.
+    ``visual_tokens``: visual tokens (newlines included) spliced into each sequence of the batch.
     """
 
     kept_indices: list[torch.Tensor] = field(default_factory=list)
+    crops_per_image: list[int] = field(default_factory=list)
     cls_attn: torch.Tensor | None = None
+    token_sources: list[torch.Tensor] = field(default_factory=list)
     visual_tokens: list[int] = field(default_factory=list)
+
+    def kept_indices_per_image(self) -> list[torch.Tensor]:
+        """``kept_indices`` grouped per image: one (crops_i, k) tensor each."""
+        groups, start = [], 0
+        for n in self.crops_per_image:
+            groups.append(torch.stack(self.kept_indices[start:start + n]))
+            start += n
+        return groups
 
 
 def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,6 +88,66 @@ def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
     if not 0 <= k <= n:
         raise ValueError(f"visual_token_num={k} is out of range: the vision tower yields {n} patches per image")
     return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+
+
+def unpadded_bounds(height: int, width: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the part of a ``height``×``width`` patch grid covered by the image.
+
+    ``image_size`` is the original ``(width, height)``; anyres letterboxed it onto the grid's canvas, and
+    LLaVA-NeXT's ``unpad_image`` drops the padding rows or columns. The scaled side is rounded to 7
+    decimals before truncation (as transformers does): upstream's bare ``int()`` loses a whole row when
+    the float product lands just below an integer.
+    """
+    original_width, original_height = image_size
+    if original_width / original_height > width / height:
+        new_height = int(round(original_height * (width / original_width), 7))
+        pad = (height - new_height) // 2
+        return pad, height - pad, 0, width
+    new_width = int(round(original_width * (height / original_height), 7))
+    pad = (width - new_width) // 2
+    return 0, height, pad, width - pad
+
+
+def anyres_token_sources(keep_mask: torch.Tensor, merge_type: str, grid_shape: tuple[int, int] | None = None,
+                         image_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Sequence order of one LLaVA-NeXT image's visual tokens.
+
+    ``keep_mask``: (n, N) crops × patches, True where a patch is kept; crop 0 is the base image, crops 1..n-1
+    the ``grid_shape = (rows, cols)`` grid in raster order, each crop a ``side``×``side`` patch grid.
+    Returns (L,) indices into the image's flattened (n·N) patches, with -1 marking an ``image_newline``.
+
+    - ``flat``: crop after crop, each in raster order.
+    - ``spatial``: base crop, then the grid crops stitched into one (rows·side)×(cols·side) raster.
+    - ``spatial_unpad``: as ``spatial``, but the stitched grid is cut back to the image's aspect ratio
+      (``image_size``) and a newline ends every remaining row; a single crop gets one trailing newline.
+
+    [FasterVLM] Selection is a mask applied to this layout: dropped patches simply leave the sequence,
+    kept ones keep their raster place. A newline is structural, not a patch: it is kept for every row of
+    the unpadded grid, even a row whose patches were all pruned, so the row count the LLM sees is the
+    same as without pruning.
+    """
+    n, N = keep_mask.shape
+    index = torch.arange(n * N, device=keep_mask.device).view(n, N)
+    if merge_type == "flat":
+        return index[keep_mask]
+    base = index[0][keep_mask[0]]
+    newline = torch.full((1,), -1, dtype=index.dtype, device=index.device)
+    if n == 1:
+        return torch.cat([base, newline]) if merge_type == "spatial_unpad" else base
+    rows, cols = grid_shape
+    if n != 1 + rows * cols:
+        raise ValueError(f"an anyres image has {n} crops but its {rows}×{cols} grid needs {1 + rows * cols}; "
+                         "preprocess with process_images under the model's config (anyres_protocol included)")
+    side = math.isqrt(N)
+    # (rows, cols, side, side) → (rows, side, cols, side) → (rows·side, cols·side): the stitched raster.
+    grid = index[1:].view(rows, cols, side, side).permute(0, 2, 1, 3).reshape(rows * side, cols * side)
+    mask = keep_mask[1:].view(rows, cols, side, side).permute(0, 2, 1, 3).reshape(rows * side, cols * side)
+    if merge_type == "spatial_unpad":
+        top, bottom, left, right = unpadded_bounds(rows * side, cols * side, image_size)
+        grid, mask = grid[top:bottom, left:right], mask[top:bottom, left:right]  # (H', W')
+        grid = torch.cat([grid, newline.expand(grid.shape[0], 1)], dim=1)  # (H', W'+1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    return torch.cat([base, grid[mask]])
 
 
 class LlavaMetaForCausalLM(ABC):
@@ -68,6 +167,16 @@ class LlavaMetaForCausalLM(ABC):
     def get_visual_token_num(self) -> int | None:
         return self.visual_token_num
 
+    def get_anyres_protocol(self) -> str:
+        """[FasterVLM] ``paper`` or ``vanilla``: how LLaVA-NeXT crops are merged (see ``llava.mm_utils.ANYRES_PROTOCOLS``)."""
+        return get_anyres_protocol(self.config)
+
+    def set_anyres_protocol(self, protocol: str) -> None:
+        """[FasterVLM] Select the anyres protocol; ``process_images(..., model.config)`` follows it too."""
+        if protocol not in ANYRES_PROTOCOLS:
+            raise ValueError(f"unsupported anyres_protocol {protocol!r} (expected one of {ANYRES_PROTOCOLS})")
+        self.config.anyres_protocol = protocol
+
     def set_visual_token_num(self, visual_token_num: int | None) -> None:
         """[FasterVLM] Set the per-image budget; checked against the patch count at the next forward."""
         if visual_token_num is not None and (isinstance(visual_token_num, bool) or int(visual_token_num) != visual_token_num
@@ -75,20 +184,91 @@ class LlavaMetaForCausalLM(ABC):
             raise ValueError(f"visual_token_num must be None or a non-negative integer, got {visual_token_num!r}")
         self.visual_token_num = None if visual_token_num is None else int(visual_token_num)
 
-    def encode_images(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """[FasterVLM] (B, 3, H, W) → one (k, D) tensor per image, kept patches in raster order."""
-        features, cls_attn = self.get_vision_tower()(images)  # (B, N, C), (B, heads, N)
+    def select_crop_tokens(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[FasterVLM] Run the tower on (B, 3, H, W) crops and pick each crop's own top-k.
+
+        Returns the tower features (B, N, C), the kept raster indices (B, k) and the scores (B, N).
+        """
+        features, cls_attn = self.get_vision_tower()(crops)  # (B, N, C), (B, heads, N)
         scores = cls_attn.mean(dim=1)  # (B, N): unweighted head mean, in the image dtype as upstream
         k = self.visual_token_num
         if k is None or self.get_model().config.mm_vision_select_feature != "patch":
             keep = torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1)
         else:
             keep = select_topk_raster(scores, k)
+        return features, keep, scores
+
+    def encode_images(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[FasterVLM] (B, 3, H, W) → one (k, D) tensor per image, kept patches in raster order."""
+        features, keep, scores = self.select_crop_tokens(images)
         # The projector is per-token, so projecting only the kept patches equals upstream's project-then-mask.
         kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (B, k, C)
         projected = self.get_model().mm_projector(kept)  # (B, k, D)
-        self.last_pruning = PruningInfo(kept_indices=list(keep), cls_attn=scores)
+        self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
+                                        token_sources=list(keep))
         return list(projected)
+
+    def encode_anyres_images(self, images, image_sizes=None) -> list[torch.Tensor]:
+        """LLaVA-NeXT: (B, n, 3, H, W) or a list of (n_i, 3, H, W) crops → one (L_i, D) tensor per image.
+
+        ``image_sizes``: the original ``(width, height)`` of each image, as ``PIL.Image.size`` gives it;
+        the vanilla protocol needs it for the grid shape and the unpadding.
+
+        [FasterVLM] All crops go through the tower in one batch and each gets its own top-k
+        (``visual_token_num`` per 336-px crop, base crop included). The ``paper`` protocol then merges
+        them as FasterVLM was evaluated: always ``spatial`` (base tokens, then the stitched grid raster),
+        whatever the config's ``mm_patch_merge_type``, on the fixed 2×2 grid. ``vanilla`` follows the
+        config's merge type and LLaVA-NeXT's grid choice, pruning inside it (see ``anyres_token_sources``).
+        """
+        config = self.get_model().config
+        images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
+        crops_per_image = [x.shape[0] for x in images]
+        if config.mm_vision_select_feature != "patch" and max(crops_per_image) > 1:
+            raise NotImplementedError("multi-crop (anyres) images need mm_vision_select_feature 'patch'")
+        protocol = self.get_anyres_protocol()
+        # [FasterVLM] upstream hard-coded 'spatial' here; the paper protocol keeps that, vanilla honours the config.
+        merge_type = "spatial" if protocol == "paper" else get_mm_patch_merge_type(config)
+        if max(crops_per_image) > 1 and merge_type != "flat" and check_image_aspect_ratio(config) != "anyres":
+            raise ValueError(f"multi-crop images need image_aspect_ratio 'anyres', "
+                             f"not {getattr(config, 'image_aspect_ratio', None)!r}")
+        if protocol == "vanilla" and merge_type != "flat" and image_sizes is None:
+            raise ValueError("LLaVA-NeXT images need image_sizes (the original (width, height) of each image)")
+
+        features, keep, scores = self.select_crop_tokens(torch.cat(images))  # (ΣN_i crops, N, C), (Σ, k), (Σ, N)
+        tower = self.get_vision_tower()
+        crop_px, N = tower.config.image_size, features.shape[1]
+        keep_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, keep, True)  # (Σ crops, N)
+
+        pinpoints = anyres_grid_pinpoints(config, crop_px)
+        sources, start = [], 0
+        for i, n in enumerate(crops_per_image):
+            grid_shape = image_size = None
+            if n > 1 and merge_type != "flat":
+                # The paper protocol has a single canvas, which any image size selects; only vanilla needs the size.
+                image_size = tuple(int(v) for v in image_sizes[i]) if image_sizes is not None else pinpoints[0]
+                cols, rows = get_anyres_image_grid_shape(image_size, pinpoints, crop_px)
+                grid_shape = (rows, cols)
+            sources.append(anyres_token_sources(keep_mask[start:start + n], merge_type, grid_shape, image_size))
+            start += n
+
+        # Project only the tokens that enter the sequence (the projector is per-token), in one call.
+        offsets = torch.tensor([0] + crops_per_image[:-1], device=features.device).cumsum(0) * N
+        flat_features = features.flatten(0, 1)  # (Σ crops · N, C)
+        patch_ids = torch.cat([src[src >= 0] + off for src, off in zip(sources, offsets)])
+        projected = self.get_model().mm_projector(flat_features[patch_ids])  # (Σ kept, D)
+        out, used = [], 0
+        for src in sources:
+            is_patch = src >= 0
+            tokens = projected.new_empty((src.shape[0], projected.shape[-1]))  # (L_i, D)
+            count = int(is_patch.sum())
+            tokens[is_patch] = projected[used:used + count]
+            used += count
+            if not is_patch.all():
+                tokens[~is_patch] = self.get_model().image_newline.to(tokens.dtype)
+            out.append(tokens)
+        self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=crops_per_image, cls_attn=scores,
+                                        token_sources=sources)
+        return out
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
                                              images, image_sizes=None):
@@ -102,8 +282,9 @@ class LlavaMetaForCausalLM(ABC):
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
         if isinstance(images, list) or images.ndim == 5:
-            raise NotImplementedError("multi-crop (anyres) images need the LLaVA-NeXT path")
-        image_features = self.encode_images(images)
+            image_features = self.encode_anyres_images(images, image_sizes)
+        else:
+            image_features = self.encode_images(images)
 
         _labels, _position_ids, _attention_mask = labels, position_ids, attention_mask
         if attention_mask is None:

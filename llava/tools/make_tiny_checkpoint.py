@@ -1,6 +1,6 @@
-"""Write a randomly initialised LLaVA-1.5 checkpoint in the exact liuhaotian layout, small enough for CPU tests.
+"""Write a randomly initialised LLaVA-1.5 or LLaVA-NeXT checkpoint in the exact liuhaotian layout, small enough for CPU tests.
 
-    python -m llava.tools.make_tiny_checkpoint OUT_DIR [--seed 0] [--weights-format safetensors|bin]
+    python -m llava.tools.make_tiny_checkpoint OUT_DIR [--seed 0] [--weights-format safetensors|bin] [--arch v1.5|next]
 
 Layout written (the real checkpoints have the same files, only bigger)::
 
@@ -10,6 +10,13 @@ Layout written (the real checkpoints have the same files, only bigger)::
     OUT_DIR/vision_tower/                    a tiny CLIP vision tower; mm_vision_tower points here
 
 The tokenizer is trained offline on LLaVA's prompt vocabulary, so prompts tokenise into real pieces.
+
+``--arch next`` writes a LLaVA-1.6 (vicuna) checkpoint: ``image_aspect_ratio: anyres`` with pinpoints scaled
+to the 84-px tower (``NEXT_PINPOINTS``), ``mm_patch_merge_type: spatial_unpad`` with ``model.image_newline``,
+and ``unfreeze_mm_vision_tower: true`` with the fine-tuned tower stored in the checkpoint as
+``model.vision_tower.vision_tower.vision_model.*``. ``vision_tower/`` then holds a different ("pretrained")
+tower, as ``openai/clip-vit-large-patch14-336`` does for the real checkpoints: only its config and
+preprocessor may be used.
 """
 from __future__ import annotations
 
@@ -26,6 +33,9 @@ TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_atte
 LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
            max_position_embeddings=4096, rms_norm_eps=1e-5)
 VOCAB_SIZE = 1000
+# LLaVA-1.6's [[336,672],[672,336],[672,672],[1008,336],[336,1008]] scaled from 336-px to 84-px crops.
+NEXT_PINPOINTS = [[84, 168], [168, 84], [168, 168], [252, 84], [84, 252]]
+ARCHS = ("v1.5", "next")
 
 _CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
@@ -75,10 +85,12 @@ def write_vision_tower(out_dir: Path, seed: int) -> None:
 
 
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, weights_format: str = "safetensors",
-                         projector_type: str = "mlp2x_gelu") -> Path:
+                         projector_type: str = "mlp2x_gelu", arch: str = "v1.5") -> Path:
     """Create the checkpoint folder and return its path."""
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r} (expected one of {ARCHS})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab_size = train_tokenizer(out_dir)
@@ -94,17 +106,38 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, weights_format: str
         "freeze_mm_mlp_adapter": False, "tune_mm_mlp_adapter": False, "tokenizer_model_max_length": 2048,
         "tokenizer_padding_side": "right", "use_mm_proj": True,
     }
+    if arch == "next":
+        config.update({"image_aspect_ratio": "anyres", "image_grid_pinpoints": NEXT_PINPOINTS,
+                       "mm_patch_merge_type": "spatial_unpad", "unfreeze_mm_vision_tower": True,
+                       "mm_vision_tower_lr": 2e-6, "image_crop_resolution": 224, "image_split_resolution": 224})
     torch.manual_seed(seed + 1)
-    model = LlavaLlamaForCausalLM(LlavaConfig(**{k: v for k, v in config.items() if k != "model_type"}))
+    # The tower is written separately below; building it here would need its folder on the config path.
+    model = LlavaLlamaForCausalLM(LlavaConfig(**{k: v for k, v in config.items()
+                                                 if k not in ("model_type", "unfreeze_mm_vision_tower")}))
     # A wider init than LLaMA's 0.02 gives peaked logits, so greedy decoding is far from ties.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim > 1:
                 p.normal_(0.0, 0.3 if "embed" in name or "lm_head" in name else 0.08)
+        if arch == "next":
+            model.get_model().image_newline.normal_(0.0, 0.3)
     state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    if arch == "next":
+        state.update(_finetuned_tower_state(seed))
     _save_sharded(state, out_dir, weights_format)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def _finetuned_tower_state(seed: int) -> dict[str, torch.Tensor]:
+    """A tower unlike ``vision_tower/``'s, under the keys LLaVA-1.6 checkpoints use (transformers 4.x nesting)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed + 2)
+    tower = CLIPVisionModel(CLIPVisionConfig(**TOWER))
+    # transformers 5's CLIPVisionModel is flat; the released checkpoints were written with 4.x's `.vision_model`.
+    return {"model.vision_tower.vision_tower.vision_model." + k.removeprefix("vision_model."): v.to(torch.float16)
+            for k, v in tower.state_dict().items()}
 
 
 def _save_sharded(state: dict[str, torch.Tensor], out_dir: Path, weights_format: str) -> None:
@@ -136,9 +169,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="shard format: safetensors (default) or PyTorch .bin, both used by released checkpoints")
     parser.add_argument("--projector-type", default="mlp2x_gelu",
                         help="mm_projector_type: linear, mlp2x_gelu (default, as LLaVA-1.5) or mlpNx_gelu")
+    parser.add_argument("--arch", choices=ARCHS, default="v1.5",
+                        help="v1.5 (default): LLaVA-1.5 layout; next: LLaVA-1.6 (anyres, image_newline, tower weights "
+                             "in the checkpoint)")
     args = parser.parse_args(argv)
-    path = make_tiny_checkpoint(args.out_dir, args.seed, args.weights_format, args.projector_type)
-    print(f"tiny LLaVA-1.5 checkpoint written to {path}")
+    path = make_tiny_checkpoint(args.out_dir, args.seed, args.weights_format, args.projector_type, args.arch)
+    print(f"tiny {'LLaVA-1.5' if args.arch == 'v1.5' else 'LLaVA-NeXT'} checkpoint written to {path}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import torch
+import transformers
+from packaging import version
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+
+
+# transformers 5's generate extends explicit position_ids at each decode step; 4.x recomputes them from the mask.
+_GENERATE_EXTENDS_POSITION_IDS = version.parse(transformers.__version__).major >= 5
 
 
 class LlavaConfig(LlamaConfig):
@@ -62,6 +68,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         else:
             inputs_embeds = self.get_model().embed_tokens(inputs)
             self.last_pruning = None
+        if attention_mask is not None and position_ids is None and _GENERATE_EXTENDS_POSITION_IDS:
+            # Left-padded batches: each sequence's positions start at its first real token, as at batch size 1.
+            # transformers 4.x derives exactly these from the mask itself and cannot extend explicit ones.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return super().generate(position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                 **kwargs)
 

@@ -74,8 +74,10 @@ class CLIPVisionTower(nn.Module):
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if self.select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"unexpected mm_vision_select_feature {self.select_feature!r} (patch or cls_patch)")
-        if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
+        if not delay_load:
             self.load_model()
+        elif getattr(args, "unfreeze_mm_vision_tower", False):
+            self.build_for_checkpoint_weights()
         else:
             self.cfg_only = None
 
@@ -88,6 +90,24 @@ class CLIPVisionTower(nn.Module):
                 self.vision_tower_name, device_map=device_map, **({"dtype": torch_dtype} if torch_dtype else {}))
         except OSError as e:
             raise OSError(f"cannot load the vision tower {self.vision_tower_name!r} named by mm_vision_tower: {e}") from None
+        self.vision_tower.requires_grad_(False)
+        self.is_loaded = True
+
+    def build_for_checkpoint_weights(self) -> None:
+        """An uninitialised tower of ``mm_vision_tower``'s architecture, for checkpoints that store its weights.
+
+        LLaVA-1.6 fine-tuned the tower (``unfreeze_mm_vision_tower``), so its weights are the checkpoint's
+        ``model.vision_tower.vision_tower.*``, not those of ``mm_vision_tower``, which only supplies the
+        config and the image processor. Upstream loaded the pretrained tower first and overwrote it.
+        The checkpoint nests them as ``….vision_model.*`` (transformers 4.x's CLIPVisionModel); transformers 5,
+        whose CLIPVisionModel is flat, strips that level itself when loading a nested CLIPVisionModel.
+        """
+        try:
+            self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+            config = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+        except OSError as e:
+            raise OSError(f"cannot load the vision tower {self.vision_tower_name!r} named by mm_vision_tower: {e}") from None
+        self.vision_tower = CLIPVisionModel(config)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 

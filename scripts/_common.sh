@@ -1,0 +1,73 @@
+# Shared by every scripts/*/eval/*.sh: argument parsing, paths, sharded inference and merging.
+# A benchmark script sets MODEL_FAMILY (v1_5, v1_6 or video), sources this file, calls
+# `fastervlm_init "$@"`, then `run_sharded` and its scorer.
+#
+# Environment (all optional):
+#   CKPT            checkpoint folder name        (default: llava-v1.5-7b / llava-v1.6-vicuna-7b / Video-LLaVA-7B)
+#   CKPT_DIR        folder holding the checkpoints (default: ./checkpoints)
+#   MODEL_PATH      full checkpoint path           (default: $CKPT_DIR/$CKPT)
+#   METHOD          pruning method                 (default: fastervlm; or pass it as the 2nd argument)
+#   EVAL_DIR        benchmark data root            (default: ./playground/data/eval)
+#   CUDA_VISIBLE_DEVICES  one inference shard per listed GPU; none set and no GPU: one CPU process
+#   PYTHON          interpreter                    (default: python)
+#   EXTRA_ARGS      extra flags for the inference CLI (e.g. "--batch-size 8" or "--device cpu")
+set -euo pipefail
+
+fastervlm_init() {
+    if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ ]]; then
+        echo "usage: bash $0 TOKENS [METHOD]   (TOKENS: visual tokens kept per image, e.g. 576 432 288 144 58 29 0)" >&2
+        exit 2
+    fi
+    TOKENS=$1
+    METHOD=${2:-${METHOD:-fastervlm}}
+    case "${MODEL_FAMILY:?MODEL_FAMILY must be set by the calling script}" in
+        v1_5) CKPT=${CKPT:-llava-v1.5-7b} ;;
+        v1_6) CKPT=${CKPT:-llava-v1.6-vicuna-7b} ;;
+        video) CKPT=${CKPT:-Video-LLaVA-7B} ;;
+        *) echo "unknown MODEL_FAMILY $MODEL_FAMILY" >&2; exit 2 ;;
+    esac
+    CKPT_DIR=${CKPT_DIR:-./checkpoints}
+    MODEL_PATH=${MODEL_PATH:-$CKPT_DIR/$CKPT}
+    EVAL_DIR=${EVAL_DIR:-./playground/data/eval}
+    PYTHON=${PYTHON:-python}
+    PARAM=n_${TOKENS}
+    EXTRA_ARGS=${EXTRA_ARGS:-}
+    export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+}
+
+# Folder for one run's answers: $EVAL_DIR/<bench>/answers/<ckpt>/<method>/n_<tokens>
+answers_dir() { echo "$EVAL_DIR/$1/answers/$CKPT/$METHOD/$PARAM"; }
+
+# Score file read by `python -m llava.eval.summarize`.
+score_file() { echo "$EVAL_DIR/$1/scores/$CKPT/$METHOD/$PARAM.json"; }
+
+# run_sharded OUT_DIR MODULE [ARGS...]
+# One process per GPU in CUDA_VISIBLE_DEVICES, each answering a contiguous chunk of the questions into
+# OUT_DIR/<chunks>_<idx>.jsonl (appending and resuming), then OUT_DIR/merge.jsonl in chunk order.
+run_sharded() {
+    local out_dir=$1 module=$2
+    shift 2
+    local gpus=()
+    if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+        IFS=',' read -ra gpus <<< "$CUDA_VISIBLE_DEVICES"
+    fi
+    local chunks=${#gpus[@]}
+    (( chunks > 0 )) || chunks=1
+    mkdir -p "$out_dir"
+    local pids=() idx
+    for (( idx = 0; idx < chunks; idx++ )); do
+        # shellcheck disable=SC2086
+        CUDA_VISIBLE_DEVICES=${gpus[$idx]:-${CUDA_VISIBLE_DEVICES:-}} "$PYTHON" -m "$module" "$@" \
+            --model-path "$MODEL_PATH" --pruning-method "$METHOD" \
+            --answers-file "$out_dir/${chunks}_${idx}.jsonl" --num-chunks "$chunks" --chunk-idx "$idx" $EXTRA_ARGS &
+        pids+=($!)
+    done
+    local failed=0 pid
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    if (( failed )); then
+        echo "inference failed in at least one shard; finished answers are kept in $out_dir, rerun to resume" >&2
+        exit 1
+    fi
+    "$PYTHON" -m llava.eval.merge_chunks --out "$out_dir/merge.jsonl" \
+        $(for (( idx = 0; idx < chunks; idx++ )); do echo "$out_dir/${chunks}_${idx}.jsonl"; done)
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# usage: bash scripts/v1_5/eval/mmbench_cn.sh TOKENS [METHOD]   (see scripts/_common.sh for the environment)
+MODEL_FAMILY=v1_5
+source "$(dirname "$0")/../../_benchmarks.sh"
+fastervlm_init "$@"
+bench_mmbench_cn
