@@ -173,3 +173,19 @@ def test_reference_converter_round_trip(shared_dir, tmp_path):
     ours = mmb.read_upload(tmp_path / "out.xlsx")
     assert list(ours.columns) == UPLOAD_HEADER
     pd.testing.assert_frame_equal(ours, ref)
+
+
+def test_control_characters_in_predictions_do_not_break_the_xlsx(tmp_path):
+    """Random or broken models emit control characters; openpyxl refuses them in cells."""
+    import pandas as pd
+
+    from llava.eval.convert_mmbench_for_submission import build_upload, write_upload
+
+    tsv = tmp_path / "q.tsv"
+    pd.DataFrame([{"index": 0, "question": "Q?", "hint": None, "A": "x", "B": "y", "answer": "A", "category": "c",
+                   "image": "", "split": "dev"}]).to_csv(tsv, sep="\t", index=False)
+    answers = tmp_path / "a.jsonl"
+    answers.write_text('{"question_id": 0, "round_id": 0, "text": "A\\u0001\\u0018"}\n')
+    df = build_upload(tsv, answers)
+    write_upload(df, tmp_path / "u.xlsx")
+    assert pd.read_excel(tmp_path / "u.xlsx")["prediction"].tolist() == ["A"]

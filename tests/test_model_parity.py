@@ -12,6 +12,7 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from reference import greedy, reference_llama, reference_tower, reference_visual_tokens, splice
 
+N = 576  # patches per image of the tiny tower (LLaVA-1.5 geometry)
 QUESTIONS = ["What is the color of the bus?", "Is there a dog in the image?\nAnswer the question using a single word or phrase."]
 
 
@@ -39,7 +40,7 @@ def models(request, tiny_ckpt, tmp_path_factory):
     return ckpt, tokenizer, model, processor, reference_llama(ckpt), reference_tower(ckpt)
 
 
-@pytest.mark.parametrize("k", [None, 0, 1, 5, 18, 36])
+@pytest.mark.parametrize("k", [None, 0, 1, 29, 58, 288, 576])
 @pytest.mark.parametrize("image_seed", [0, 1])
 def test_logits_match_eager_clip_reference(models, k, image_seed):
     ckpt, tokenizer, model, processor, llama, tower = models
@@ -51,15 +52,15 @@ def test_logits_match_eager_clip_reference(models, k, image_seed):
         ours = model(ids, images=pixels).logits
         visual, keep, scores = reference_visual_tokens(ckpt, tower, pixels, k)
         ref = llama(inputs_embeds=splice(llama, ids, visual[0])).logits
-    assert ours.shape == ref.shape == (1, ids.shape[1] - 1 + (36 if k is None else k), llama.config.vocab_size)
+    assert ours.shape == ref.shape == (1, ids.shape[1] - 1 + (N if k is None else k), llama.config.vocab_size)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     info = model.last_pruning
-    assert info.visual_tokens == [36 if k is None else k]
+    assert info.visual_tokens == [N if k is None else k]
     assert torch.equal(info.kept_indices[0], keep[0])
     torch.testing.assert_close(info.cls_attn, scores, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("k", [0, 5, 36])
+@pytest.mark.parametrize("k", [0, 58, 576])
 def test_greedy_generation_matches_reference(models, k):
     ckpt, tokenizer, model, processor, llama, tower = models
     pixels = process_images([make_image(2)], processor, model.config)
@@ -75,12 +76,12 @@ def test_greedy_generation_matches_reference(models, k):
 def test_kept_tokens_are_in_raster_order_and_top_scored(tiny_model):
     tokenizer, model, processor, _ = tiny_model
     pixels = process_images([make_image(3)], processor, model.config)
-    model.set_visual_token_num(7)
+    model.set_visual_token_num(58)
     model(prompt_ids(tokenizer, QUESTIONS[0]), images=pixels)
     info = model.last_pruning
     kept = info.kept_indices[0]
     assert torch.all(kept[1:] > kept[:-1])
-    dropped = torch.ones(36, dtype=torch.bool)
+    dropped = torch.ones(N, dtype=torch.bool)
     dropped[kept] = False
     assert info.cls_attn[0, kept].min() >= info.cls_attn[0, dropped].max()
 
@@ -108,7 +109,7 @@ def to_hf_llava(ckpt, model):
     config = LlavaConfig(vision_config=CLIPVisionConfig.from_pretrained(ckpt / "vision_tower").to_dict(),
                          text_config=LlamaConfig(**text_cfg.to_dict()).to_dict(), image_token_index=0,
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", image_seq_length=36, tie_word_embeddings=False)
+                         projector_hidden_act="gelu", image_seq_length=N, tie_word_embeddings=False)
     hf = LlavaForConditionalGeneration(config).eval()
     state = {}
     for k, v in checkpoint_state(ckpt).items():
@@ -119,8 +120,11 @@ def to_hf_llava(ckpt, model):
             state["model.language_model." + k[len("model."):]] = v
         else:
             state[k] = v
+    # transformers 4.x nests CLIP's modules under .vision_model, 5.x does not; follow the target's naming.
+    nested = any(k.startswith("model.vision_tower.vision_model.") for k in hf.state_dict())
     tower_state = model.get_vision_tower().vision_tower.state_dict()
-    state.update({"model.vision_tower." + k.removeprefix("vision_model."): v for k, v in tower_state.items()})
+    prefix = "model.vision_tower.vision_model." if nested else "model.vision_tower."
+    state.update({prefix + k.removeprefix("vision_model."): v for k, v in tower_state.items()})
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and not [m for m in missing if "position_ids" not in m], (missing, unexpected)
     return hf
@@ -133,7 +137,7 @@ def test_unpruned_logits_match_transformers_llava(tiny_ckpt, tiny_model):
     ids = prompt_ids(tokenizer, QUESTIONS[1])
     model.set_visual_token_num(None)
     pos = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
-    hf_ids = torch.cat([ids[0, :pos], torch.zeros(36, dtype=torch.long), ids[0, pos + 1:]])[None]
+    hf_ids = torch.cat([ids[0, :pos], torch.zeros(N, dtype=torch.long), ids[0, pos + 1:]])[None]
     with torch.no_grad():
         ours = model(ids, images=pixels).logits
         theirs = hf(input_ids=hf_ids, pixel_values=pixels).logits

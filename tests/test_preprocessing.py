@@ -74,7 +74,7 @@ def test_pad_preprocessing_matches_reference(tiny_model, size):
     canvas[y0:y0 + size[1], x0:x0 + size[0]] = np.asarray(img)
     assert np.array_equal(np.asarray(expand2square(img, background)), canvas)
     ref = _reference_clip_preprocess(Image.fromarray(canvas), processor.crop_size["height"], mean, processor.image_std)
-    assert out.shape == (1, 3, 84, 84)
+    assert out.shape == (1, 3, 336, 336)
     np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-5)
 
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
 from llava.eval.utils import InputError, iter_jsonl, require_keys
 
@@ -82,6 +83,12 @@ def build_upload(annotation_file: str | os.PathLike, result_file: str | os.PathL
     """The upload table: the TSV minus the dropped columns, plus ``prediction`` at column 6."""
     df = read_tsv(annotation_file)
     predictions = match_predictions(df, load_predictions(result_file), result_file)
+    # Control characters (a model can emit them) are illegal in xlsx cells and would abort the write.
+    cleaned = [ILLEGAL_CHARACTERS_RE.sub("", p) if isinstance(p, str) else p for p in predictions]
+    changed = sum(a != b for a, b in zip(predictions, cleaned))
+    if changed:
+        print(f"{result_file}: removed control characters from {changed} prediction(s), which xlsx cannot hold")
+    predictions = cleaned
     df = df.drop(columns=[c for c in DROP_COLUMNS if c in df.columns])
     df.insert(min(PREDICTION_COLUMN, len(df.columns)), "prediction", predictions)
     return df

@@ -1,0 +1,98 @@
+"""Every image benchmark script, end to end on CPU: tiny checkpoint + sample data in the real layouts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llava.tools.make_sample_data import make_sample_data
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENS = "58"
+
+
+@pytest.fixture(scope="module")
+def env(tiny_ckpt, tmp_path_factory):
+    work = tmp_path_factory.mktemp("scripts")
+    ckpt_dir = work / "checkpoints"
+    shutil.copytree(tiny_ckpt, ckpt_dir / "llava-v1.5-tiny")
+    eval_dir = make_sample_data(work / "eval", questions=3)
+    environ = {**os.environ, "CKPT": "llava-v1.5-tiny", "CKPT_DIR": str(ckpt_dir), "EVAL_DIR": str(eval_dir),
+               "PYTHON": sys.executable, "EXTRA_ARGS": "--device cpu --max_new_tokens 8", "CUDA_VISIBLE_DEVICES": ""}
+    return eval_dir, environ
+
+
+def run_script(bench: str, environ: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts/v1_5/eval" / f"{bench}.sh"), *args], env=environ, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def score(eval_dir: Path, folder: str) -> dict:
+    return json.loads((eval_dir / folder / "scores/llava-v1.5-tiny/fastervlm" / f"n_{TOKENS}.json").read_text())
+
+
+ANSWERS = "answers/llava-v1.5-tiny/fastervlm/n_58/merge.jsonl"
+SCORED = {"gqa": ("gqa", "gqa"), "sqa": ("sqa", "sqa_img"), "textvqa": ("textvqa", "textvqa"), "pope": ("pope", "pope"),
+          "mme": ("MME", "mme"), "mmbench": ("mmbench", "mmb"), "mmbench_cn": ("mmbench_cn", "mmb_cn")}
+
+
+@pytest.mark.parametrize("bench", sorted(SCORED))
+def test_scored_benchmarks_write_a_score(env, bench):
+    eval_dir, environ = env
+    result = run_script(bench, environ, TOKENS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder, key = SCORED[bench]
+    recorded = score(eval_dir, folder)
+    assert recorded["benchmark"] == key and isinstance(recorded["score"], (int, float))
+    assert "Average number of visual tokens" in result.stdout
+    assert (eval_dir / folder / ANSWERS).is_file()
+
+
+def test_vqav2_submission_covers_the_full_test_set(env):
+    eval_dir, environ = env
+    result = run_script("vqav2", environ, TOKENS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    upload = json.loads((eval_dir / "vqav2/answers_upload/llava-v1.5-tiny/fastervlm/n_58.json").read_text())
+    full = [json.loads(l)["question_id"] for l in (eval_dir / "vqav2/llava_vqav2_mscoco_test2015.jsonl").read_text().splitlines()]
+    assert [u["question_id"] for u in upload] == full
+    assert upload[-1]["answer"] == "" and all(set(u) == {"question_id", "answer"} for u in upload)
+
+
+def test_vizwiz_submission_format(env):
+    eval_dir, environ = env
+    result = run_script("vizwiz", environ, TOKENS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    upload = json.loads((eval_dir / "vizwiz/answers_upload/llava-v1.5-tiny/fastervlm/n_58.json").read_text())
+    assert [u["image"] for u in upload] == [f"VizWiz_test_{i:08d}.jpg" for i in range(3)]
+    assert all(set(u) == {"image", "answer"} for u in upload)
+
+
+def test_mmvet_submission_format(env):
+    eval_dir, environ = env
+    result = run_script("mmvet", environ, TOKENS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    upload = json.loads((eval_dir / "mm-vet/results/llava-v1.5-tiny/fastervlm/n_58.json").read_text())
+    assert sorted(upload) == ["v1_0", "v1_1", "v1_2"] and all(isinstance(v, str) for v in upload.values())
+
+
+def test_rerun_resumes_without_duplicates(env):
+    eval_dir, environ = env
+    first = run_script("pope", environ, TOKENS)
+    again = run_script("pope", environ, TOKENS)
+    assert first.returncode == again.returncode == 0
+    assert "all 9 questions of this chunk are answered" in again.stdout
+    lines = (eval_dir / "pope" / ANSWERS).read_text().splitlines()
+    assert len(lines) == len({(json.loads(l)["question_id"]) for l in lines}) == 9
+
+
+def test_bad_arguments_fail_fast(env):
+    _, environ = env
+    usage = run_script("textvqa", environ)
+    assert usage.returncode == 2 and "usage: bash" in usage.stderr
+    too_many = run_script("textvqa", environ, "999")
+    assert too_many.returncode != 0 and "exceeds the 576 patches" in too_many.stderr
