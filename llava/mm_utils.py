@@ -106,7 +106,7 @@ def check_image_aspect_ratio(model_cfg) -> str | None:
 
 
 def get_anyres_protocol(model_cfg) -> str:
-    """[FasterVLM] The config's ``anyres_protocol``; unset means vanilla LLaVA-NeXT (``load_pretrained_model`` sets it)."""
+    """[FasterVLM] The config's ``anyres_protocol``; unset means vanilla (``load_pretrained_model`` always sets it)."""
     protocol = getattr(model_cfg, "anyres_protocol", None) or "vanilla"
     if protocol not in ANYRES_PROTOCOLS:
         raise ValueError(f"unsupported anyres_protocol {protocol!r} (expected one of {ANYRES_PROTOCOLS})")
@@ -121,7 +121,10 @@ def anyres_grid_pinpoints(model_cfg, crop_size: int) -> list[tuple[int, int]]:
     """
     if get_anyres_protocol(model_cfg) == "paper":
         return [(2 * crop_size, 2 * crop_size)]
-    return parse_grid_pinpoints(getattr(model_cfg, "image_grid_pinpoints", None))
+    pinpoints = parse_grid_pinpoints(getattr(model_cfg, "image_grid_pinpoints", None))
+    if any(w <= 0 or h <= 0 or w % crop_size or h % crop_size for w, h in pinpoints):
+        raise ValueError(f"image_grid_pinpoints {pinpoints} are not whole grids of the tower's {crop_size}-px crops")
+    return pinpoints
 
 
 def get_anyres_image_grid_shape(image_size: tuple[int, int], grid_pinpoints, patch_size: int) -> tuple[int, int]:

@@ -26,7 +26,9 @@ def reference_llama(ckpt: Path) -> LlamaForCausalLM:
     cfg = json.loads((ckpt / "config.json").read_text())
     keys = {k for k in LlamaConfig().to_dict()} | {"vocab_size"}
     llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k in keys and k != "model_type"}))
-    state = {k: v for k, v in checkpoint_state(ckpt).items() if "mm_projector" not in k}
+    # The LLM's tensors only: not the projector, nor LLaVA-NeXT's tower and image_newline.
+    state = {k: v for k, v in checkpoint_state(ckpt).items()
+             if not k.startswith(("model.mm_projector.", "model.vision_tower.", "model.image_newline"))}
     llama.load_state_dict(state, strict=True)
     return llama.eval()
 

@@ -96,3 +96,19 @@ def test_bad_arguments_fail_fast(env):
     assert usage.returncode == 2 and "usage: bash" in usage.stderr
     too_many = run_script("textvqa", environ, "999")
     assert too_many.returncode != 0 and "exceeds the 576 patches" in too_many.stderr
+
+
+def test_llava_next_script_with_the_paper_protocol(tiny_ckpt, tmp_path):
+    """scripts/v1_6 on a tiny LLaVA-NeXT checkpoint: 5 crops of the fixed 2×2 grid, 58 tokens each."""
+    from llava.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    make_tiny_checkpoint(tmp_path / "checkpoints" / "llava-v1.6-tiny", arch="next")
+    eval_dir = make_sample_data(tmp_path / "eval", questions=2)
+    environ = {**os.environ, "CKPT": "llava-v1.6-tiny", "CKPT_DIR": str(tmp_path / "checkpoints"), "EVAL_DIR": str(eval_dir),
+               "PYTHON": sys.executable, "EXTRA_ARGS": "--device cpu --max_new_tokens 4", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", str(ROOT / "scripts/v1_6/eval/pope.sh"), "58"], env=environ, cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Average number of visual tokens: 290.00" in result.stdout
+    recorded = json.loads((eval_dir / "pope/scores/llava-v1.6-tiny/fastervlm/n_58.json").read_text())
+    assert recorded["benchmark"] == "pope"

@@ -12,11 +12,13 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from llava.analysis.data import build_prompt, first_turn_question, load_samples
+from llava.analysis.plotting import write_json
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 
@@ -32,7 +34,6 @@ class SampleAttention:
     visual tokens themselves, rows ``V..Q-1`` the text after the image, row ``Q-1`` the last prompt token.
     """
 
-    sample_id: str
     cls: torch.Tensor  # (N·crops,) head-mean [CLS] attention of the vision tower's selected layer
     image_rows: list[torch.Tensor]  # num_layers × (Q, V)
     start: int  # position of the first visual token in the spliced sequence
@@ -86,7 +87,7 @@ def load_model(args: argparse.Namespace):
 
 
 @torch.inference_mode()
-def forward_attentions(model, input_ids: torch.Tensor, images, image_sizes, sample_id: str = "") -> SampleAttention:
+def forward_attentions(model, input_ids: torch.Tensor, images, image_sizes) -> SampleAttention:
     """One prefill of ``input_ids`` (1, T) holding exactly one image placeholder."""
     placeholders = (input_ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
     if placeholders.numel() != 1:
@@ -104,20 +105,21 @@ def forward_attentions(model, input_ids: torch.Tensor, images, image_sizes, samp
         raise ValueError(f"attention covers {out.attentions[0].shape[-1]} positions, expected {prompt_len}")
     # (1, H, T, T) → (Q, V): rows from the first visual token on (earlier rows cannot see the image).
     rows = [a[0, :, start:, start:start + visual].float().mean(dim=0) for a in out.attentions]
-    return SampleAttention(sample_id=sample_id, cls=info.cls_attn.float().reshape(-1), image_rows=rows, start=start,
+    return SampleAttention(cls=info.cls_attn.float().reshape(-1), image_rows=rows, start=start,
                            prompt_len=prompt_len)
 
 
-def iter_sample_attentions(args: argparse.Namespace, tokenizer, model, processor, run: Run) -> Iterator[SampleAttention]:
+def iter_sample_attentions(args: argparse.Namespace, tokenizer, model, processor,
+                           run: Run) -> Iterator[SampleAttention]:
     """Yield each analysable sample of ``args.question_file``; record the others in ``run.skipped``.
 
-    Every yielded sample has the same number of visual tokens as the first one, so per-position
-    averages are well defined (LLaVA-NeXT's variable crop counts would otherwise mix positions).
+    Every yielded sample has as many visual tokens and [CLS] scores as the first one, so per-position
+    averages are well defined; LLaVA-NeXT images whose crop layout differs from the first are skipped.
     """
     samples = load_samples(args.question_file, args.limit)
     run.requested = len(samples)
     mm_use_im_start_end = bool(getattr(model.config, "mm_use_im_start_end", False))
-    visual_tokens: int | None = None
+    shape: tuple[int, int] | None = None  # (visual tokens V, [CLS] scores) of the first analysed sample
     bar = tqdm(samples, desc=os.path.basename(args.question_file), unit="sample")
     for sample in bar:
         sid = str(sample.get("id"))
@@ -128,14 +130,14 @@ def iter_sample_attentions(args: argparse.Namespace, tokenizer, model, processor
             input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
             image = load_image(os.path.join(args.image_folder, sample["image"]))
             pixels = process_images([image], processor, model.config)
-            dtype = model.dtype
-            pixels = ([p.to(model.device, dtype) for p in pixels] if isinstance(pixels, list)
-                      else pixels.to(model.device, dtype))
-            result = forward_attentions(model, input_ids, pixels, [image.size], sid)
-            if visual_tokens is None:
-                visual_tokens = result.image_rows[0].shape[1]
-            elif result.image_rows[0].shape[1] != visual_tokens:
-                raise ValueError(f"{result.image_rows[0].shape[1]} visual tokens, but earlier samples had {visual_tokens}")
+            pixels = ([p.to(model.device, model.dtype) for p in pixels] if isinstance(pixels, list)
+                      else pixels.to(model.device, model.dtype))
+            result = forward_attentions(model, input_ids, pixels, [image.size])
+            this = (result.image_rows[0].shape[1], result.cls.shape[0])
+            shape = shape or this
+            if this != shape:
+                raise ValueError(f"{this[0]} visual tokens and {this[1]} [CLS] scores, but earlier samples had "
+                                 f"{shape[0]} and {shape[1]} (LLaVA-NeXT crop counts vary with the image)")
         except (FileNotFoundError, ValueError, NotImplementedError) as e:
             if args.strict:
                 raise
@@ -146,12 +148,20 @@ def iter_sample_attentions(args: argparse.Namespace, tokenizer, model, processor
         yield result
 
 
-def report(run: Run, output: str) -> None:
-    """Print a one-paragraph summary, naming up to ten skipped samples."""
-    print(f"analysed {len(run.processed)} of {run.requested} samples; results in {output}", file=sys.stderr)
+def report(run: Run, json_path: Path, header: dict) -> None:
+    """Print a summary naming up to ten skipped samples; with nothing analysed, write ``header`` and the
+    skip list to ``json_path`` and exit with an error, as no average exists."""
+    print(f"analysed {len(run.processed)} of {run.requested} samples; results in {json_path.parent}", file=sys.stderr)
     if run.skipped:
         print(f"skipped {len(run.skipped)} samples (listed under samples.skipped in the JSON):", file=sys.stderr)
         for s in run.skipped[:10]:
             print(f"  {s['id']} ({s['image']}): {s['reason']}", file=sys.stderr)
     if not run.processed:
-        raise SystemExit("no sample could be analysed")
+        write_json(json_path, {**header, "samples": run.summary()})
+        raise SystemExit(f"no sample could be analysed; see {json_path}")
+
+
+def run_header(args: argparse.Namespace) -> dict:
+    """Inputs of the run, recorded at the top of each JSON output."""
+    return {"model_path": args.model_path, "question_file": args.question_file, "image_folder": args.image_folder,
+            "conv_mode": args.conv_mode}

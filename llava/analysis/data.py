@@ -47,7 +47,9 @@ def first_turn_question(sample: dict, mm_use_im_start_end: bool = False) -> str:
     1000 analysis samples end in ``"\\n<image>"``, which upstream's analysis turned into a trailing newline.
     """
     question = first_human_turn(sample).replace(DEFAULT_IMAGE_TOKEN, "").strip()
-    tag = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN if mm_use_im_start_end else DEFAULT_IMAGE_TOKEN
+    tag = DEFAULT_IMAGE_TOKEN
+    if mm_use_im_start_end:
+        tag = DEFAULT_IM_START_TOKEN + tag + DEFAULT_IM_END_TOKEN
     return f"{tag}\n{question}"
 
 

@@ -59,6 +59,9 @@ def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temper
                         help="[FasterVLM] visual tokens kept per image (576 = all for LLaVA-1.5); default: no pruning")
     parser.add_argument("--pruning-method", type=str, default="fastervlm", choices=PRUNING_METHODS,
                         help="how visual tokens are chosen (default fastervlm)")
+    parser.add_argument("--anyres-protocol", choices=["paper", "vanilla"], default=None,
+                        help="LLaVA-NeXT only: 'paper' (fixed 672x672 grid, no newline tokens; the default when pruning) "
+                             "or 'vanilla' (LLaVA-NeXT's own grid choice and spatial_unpad merge)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (matters only when sampling)")
     parser.add_argument("--device", type=str, default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
@@ -127,7 +130,7 @@ def _load_model(args):
     model_name = get_model_name_from_path(os.path.expanduser(args.model_path))
     tokenizer, model, processor, _ = load_pretrained_model(
         os.path.expanduser(args.model_path), args.model_base, model_name, device=device,
-        visual_token_num=args.visual_token_num, **kwargs)
+        visual_token_num=args.visual_token_num, anyres_protocol=args.anyres_protocol, **kwargs)
     return tokenizer, model, processor, model_name
 
 

@@ -12,8 +12,10 @@ from packaging import version
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
+from llava.model.video_llava import is_video_llava, load_video_llava
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 # transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
@@ -54,6 +56,21 @@ def check_visual_token_num(model_path: str | os.PathLike, visual_token_num: int 
         raise ValueError(f"--visual-token-num {visual_token_num} exceeds the {n} patches per image of {model_path}")
 
 
+def resolve_anyres_protocol(cfg: dict, visual_token_num: int | None, anyres_protocol: str | None) -> str | None:
+    """[FasterVLM] The anyres protocol to load an anyres (LLaVA-NeXT) checkpoint with; None for other checkpoints.
+
+    Unset, it is ``paper`` when pruning (the protocol the paper's LLaVA-NeXT numbers come from) and
+    ``vanilla`` (LLaVA-NeXT as released) when not.
+    """
+    if anyres_protocol is not None and anyres_protocol not in ANYRES_PROTOCOLS:
+        raise ValueError(f"unsupported anyres_protocol {anyres_protocol!r} (expected one of {ANYRES_PROTOCOLS})")
+    if cfg.get("image_aspect_ratio") != "anyres":
+        return anyres_protocol
+    if anyres_protocol is None:
+        return "paper" if visual_token_num is not None else "vanilla"
+    return anyres_protocol
+
+
 def make_sentencepiece_exact(tokenizer) -> None:
     """Make a tokenizers-backed LLaMA tokenizer encode text exactly as sentencepiece does.
 
@@ -83,16 +100,26 @@ def load_tokenizer(model_path: str | os.PathLike):
 
 
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
-                          device_map="auto", device="cuda", use_flash_attn=False, visual_token_num=None, **kwargs):
+                          device_map="auto", device="cuda", use_flash_attn=False, visual_token_num=None,
+                          anyres_protocol=None, **kwargs):
     """Load a LLaVA checkpoint: ``(tokenizer, model, image_processor, context_len)``.
 
     ``visual_token_num`` [FasterVLM]: visual tokens kept per image (per crop for LLaVA-NeXT); None keeps all.
+    ``anyres_protocol`` [FasterVLM], LLaVA-NeXT only: ``"paper"`` (fixed 2×2 grid, ``spatial`` merge without
+    unpadding or newlines: 5 × ``visual_token_num`` tokens per image) or ``"vanilla"`` (LLaVA-NeXT's own
+    grid choice and merge). Default: ``"paper"`` when ``visual_token_num`` is set, else ``"vanilla"``.
+    Stored as ``model.config.anyres_protocol``, which ``process_images`` reads as well.
     ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
     ``vision_tower_dtype``: the tower's dtype; by default fp32 when the tower is loaded from
     ``mm_vision_tower`` (as upstream's ``device_map='auto'`` loads it) and the LLM's dtype when its
     weights live in the checkpoint.
     ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
+    whose third value is a ``{"image", "video"}`` processor dict.
     """
+    if is_video_llava(model_path):
+        return load_video_llava(model_path, model_base, load_8bit, load_4bit, device_map, device, use_flash_attn,
+                                visual_token_num, **kwargs)
     if model_base is not None:
         raise NotImplementedError(
             f"--model-base {model_base}: LoRA / projector-only checkpoints are not supported; "
@@ -100,8 +127,10 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     cfg_dict = read_llava_config(model_path)
     model_type = cfg_dict.get("model_type")
     if model_type not in _LLAMA_MODEL_TYPES:
-        raise NotImplementedError(f"{model_path}: model_type {model_type!r} is not supported (LLaMA-based LLaVA only)")
+        raise NotImplementedError(f"{model_path}: model_type {model_type!r} is not supported (LLaMA-based LLaVA only: "
+                                  "llava-v1.5-*, llava-v1.6-vicuna-*; not llava-v1.6-mistral-7b or -34b)")
     check_visual_token_num(model_path, visual_token_num)
+    anyres_protocol = resolve_anyres_protocol(cfg_dict, visual_token_num, anyres_protocol)
 
     dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
@@ -123,7 +152,16 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     tokenizer = load_tokenizer(model_path)
     config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"})
     config._name_or_path = str(model_path)
-    model = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, **load_kwargs)
+    if anyres_protocol is not None:
+        config.anyres_protocol = anyres_protocol
+    model, loading_info = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
+                                                                **load_kwargs)
+    # LLaVA-NeXT's tower (unfreeze_mm_vision_tower) and image_newline live in the checkpoint: missing ones
+    # would be silently random.
+    missing = [k for k in loading_info["missing_keys"]
+               if k.startswith(("model.vision_tower.", "model.image_newline", "model.mm_projector."))]
+    if missing:
+        raise ValueError(f"{model_path}: the checkpoint lacks {len(missing)} multimodal weights, e.g. {missing[:3]}")
     model.set_visual_token_num(visual_token_num)
 
     if getattr(config, "mm_use_im_patch_token", False):

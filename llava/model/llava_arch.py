@@ -1,10 +1,9 @@
 """LLaVA's multimodal glue: vision tower → [FasterVLM] token selection → projector → spliced input embeddings."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-
-import math
 
 import torch
 import torch.nn as nn
@@ -13,6 +12,7 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.mm_utils import (ANYRES_PROTOCOLS, anyres_grid_pinpoints, check_image_aspect_ratio,
                             get_anyres_image_grid_shape, get_anyres_protocol)
 from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_encoder.languagebind import build_languagebind_towers
 from llava.model.multimodal_projector.builder import build_vision_projector
 
 
@@ -42,6 +42,10 @@ class LlavaMetaModel:
             if get_mm_patch_merge_type(config) == "spatial_unpad":
                 # Learned embedding appended after every row of the unpadded crop grid (``model.image_newline``).
                 self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
+        elif getattr(config, "mm_video_tower", None):  # [FasterVLM] Video-LLaVA: LanguageBind image + video towers
+            self.image_tower, self.video_tower = build_languagebind_towers(
+                config, base_dir=getattr(config, "_name_or_path", None) or None)
+            self.mm_projector = build_vision_projector(config)
 
     def get_vision_tower(self):
         return getattr(self, "vision_tower", None)
@@ -95,8 +99,8 @@ def unpadded_bounds(height: int, width: int, image_size: tuple[int, int]) -> tup
 
     ``image_size`` is the original ``(width, height)``; anyres letterboxed it onto the grid's canvas, and
     LLaVA-NeXT's ``unpad_image`` drops the padding rows or columns. The scaled side is rounded to 7
-    decimals before truncation (as transformers does): upstream's bare ``int()`` loses a whole row when
-    the float product lands just below an integer.
+    decimals before truncation, as transformers does: upstream's bare ``int()`` cuts one row or column
+    too many whenever the float product lands just below a whole number.
     """
     original_width, original_height = image_size
     if original_width / original_height > width / height:
@@ -168,7 +172,7 @@ class LlavaMetaForCausalLM(ABC):
         return self.visual_token_num
 
     def get_anyres_protocol(self) -> str:
-        """[FasterVLM] ``paper`` or ``vanilla``: how LLaVA-NeXT crops are merged (see ``llava.mm_utils.ANYRES_PROTOCOLS``)."""
+        """[FasterVLM] ``paper`` or ``vanilla``: how LLaVA-NeXT images are cut and merged (``mm_utils.ANYRES_PROTOCOLS``)."""
         return get_anyres_protocol(self.config)
 
     def set_anyres_protocol(self, protocol: str) -> None:
@@ -207,6 +211,23 @@ class LlavaMetaForCausalLM(ABC):
         self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
                                         token_sources=list(keep))
         return list(projected)
+
+    def encode_videos(self, videos: torch.Tensor) -> list[torch.Tensor]:
+        """[FasterVLM] Video-LLaVA: (B, 3, T, H, W) → B·T tensors (L, D), video after video, frame after frame.
+
+        Each frame keeps its own top-L patches (L = ``visual_token_num``, None: all) by the head mean of the
+        video tower's spatial [CLS] attention, in raster order: 8·L tokens per 8-frame video, no cross-frame budget.
+        """
+        features, cls_attn = self.get_model().video_tower(videos)  # (B, T, N, C), (B, T, heads, N)
+        features = features.flatten(0, 1)  # (B·T, N, C)
+        scores = cls_attn.mean(dim=2).flatten(0, 1)  # (B·T, N): unweighted head mean, in the video dtype as upstream
+        k = self.visual_token_num
+        keep = (torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1) if k is None
+                else select_topk_raster(scores, k))  # (B·T, L)
+        kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (B·T, L, C)
+        self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
+                                        token_sources=list(keep))
+        return list(self.get_model().mm_projector(kept))
 
     def encode_anyres_images(self, images, image_sizes=None) -> list[torch.Tensor]:
         """LLaVA-NeXT: (B, n, 3, H, W) or a list of (n_i, 3, H, W) crops → one (L_i, D) tensor per image.
@@ -278,10 +299,15 @@ class LlavaMetaForCausalLM(ABC):
         Kept tokens get contiguous positions 0..L-1, exactly as if the pruned patches had never existed.
         """
         vision_tower = self.get_vision_tower()
-        if vision_tower is None or images is None or input_ids.shape[1] == 1:
+        video_llava = getattr(self.get_model(), "video_tower", None) is not None  # [FasterVLM] Video-LLaVA
+        if (vision_tower is None and not video_llava) or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
 
-        if isinstance(images, list) or images.ndim == 5:
+        if video_llava:
+            from llava.model.video_llava import encode_video_llava_inputs  # a function-level import: it imports this module
+
+            image_features = encode_video_llava_inputs(self, images)
+        elif isinstance(images, list) or images.ndim == 5:
             image_features = self.encode_anyres_images(images, image_sizes)
         else:
             image_features = self.encode_images(images)

@@ -1,4 +1,4 @@
-"""Write a randomly initialised LLaVA-1.5 or LLaVA-NeXT checkpoint in the exact liuhaotian layout, small enough for CPU tests.
+"""Write a random LLaVA-1.5 or LLaVA-NeXT checkpoint in the exact liuhaotian layout, small enough for CPU tests.
 
     python -m llava.tools.make_tiny_checkpoint OUT_DIR [--seed 0] [--weights-format safetensors|bin] [--arch v1.5|next]
 
@@ -11,9 +11,9 @@ Layout written (the real checkpoints have the same files, only bigger)::
 
 The tokenizer is trained offline on LLaVA's prompt vocabulary, so prompts tokenise into real pieces.
 
-``--arch next`` writes a LLaVA-1.6 (vicuna) checkpoint: ``image_aspect_ratio: anyres`` with pinpoints scaled
-to the 84-px tower (``NEXT_PINPOINTS``), ``mm_patch_merge_type: spatial_unpad`` with ``model.image_newline``,
-and ``unfreeze_mm_vision_tower: true`` with the fine-tuned tower stored in the checkpoint as
+``--arch next`` writes a LLaVA-1.6 (vicuna) checkpoint: ``image_aspect_ratio: anyres`` with LLaVA-1.6's grids
+in units of the tiny tower's crop (``NEXT_PINPOINTS``), ``mm_patch_merge_type: spatial_unpad`` with
+``model.image_newline``, and ``unfreeze_mm_vision_tower: true`` with the fine-tuned tower stored in the checkpoint as
 ``model.vision_tower.vision_tower.vision_model.*``. ``vision_tower/`` then holds a different ("pretrained")
 tower, as ``openai/clip-vit-large-patch14-336`` does for the real checkpoints: only its config and
 preprocessor may be used.
@@ -27,14 +27,17 @@ from pathlib import Path
 
 import torch
 
-# Sizes: a 84-px image in 14-px patches gives a 6×6 grid (36 patches), enough for every pruning edge case.
-TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=84,
+# LLaVA-1.5's geometry (336-px images, 14-px patches: 24×24 = 576 patches, so the paper's token counts
+# 576/288/144/58/29 apply unchanged) on a tower and an LLM a few hundred kilobytes large.
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=336,
              patch_size=14, projection_dim=32)
 LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
            max_position_embeddings=4096, rms_norm_eps=1e-5)
 VOCAB_SIZE = 1000
-# LLaVA-1.6's [[336,672],[672,336],[672,672],[1008,336],[336,1008]] scaled from 336-px to 84-px crops.
-NEXT_PINPOINTS = [[84, 168], [168, 84], [168, 168], [252, 84], [84, 252]]
+# LLaVA-1.6's image_grid_pinpoints [[336,672],[672,336],[672,672],[1008,336],[336,1008]] as (width, height)
+# in crops, scaled to the tower's crop size (the very same list for a 336-px tower).
+NEXT_PINPOINTS = [[cols * TOWER["image_size"], rows * TOWER["image_size"]]
+                  for cols, rows in [(1, 2), (2, 1), (2, 2), (3, 1), (1, 3)]]
 ARCHS = ("v1.5", "next")
 
 _CORPUS = [
@@ -109,7 +112,9 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, weights_format: str
     if arch == "next":
         config.update({"image_aspect_ratio": "anyres", "image_grid_pinpoints": NEXT_PINPOINTS,
                        "mm_patch_merge_type": "spatial_unpad", "unfreeze_mm_vision_tower": True,
-                       "mm_vision_tower_lr": 2e-6, "image_crop_resolution": 224, "image_split_resolution": 224})
+                       "mm_vision_tower_lr": 2e-6, "image_crop_resolution": 224, "image_split_resolution": 224,
+                       # As LLaVA-1.6: an unpruned 2×2 image alone is 5 × 576 = 2880 tokens.
+                       "tokenizer_model_max_length": 4096})
     torch.manual_seed(seed + 1)
     # The tower is written separately below; building it here would need its folder on the config path.
     model = LlavaLlamaForCausalLM(LlavaConfig(**{k: v for k, v in config.items()

@@ -24,12 +24,14 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaConfig
 
-    def __init__(self, config, visual_token_num: int | None = None):
+    def __init__(self, config, visual_token_num: int | None = None, anyres_protocol: str | None = None):
         super(LlamaForCausalLM, self).__init__(config)
         self.model = LlavaLlamaModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.set_visual_token_num(visual_token_num)  # [FasterVLM] per-image visual token budget
+        if anyres_protocol is not None:  # [FasterVLM] LLaVA-NeXT crop protocol; None keeps config.anyres_protocol
+            self.set_anyres_protocol(anyres_protocol)
         self.post_init()
 
     def get_model(self) -> LlavaLlamaModel:

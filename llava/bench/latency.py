@@ -1,0 +1,460 @@
+"""Measured latency and memory of FasterVLM per kept-token budget, next to the FLOPs-limit speed-up.
+
+    python -m llava.bench.latency --model-path ./checkpoints/llava-v1.5-7b      # a real (or tiny) checkpoint
+    python -m llava.bench.latency --tiny                                        # a tiny random checkpoint
+    python -m llava.bench.latency --random-arch llama-7b --layers 2 --compare upstream --json out.json
+
+For each budget (default: all N patches, then 50/25/10/5 % of them rounded as the paper does, i.e.
+576 288 144 58 29 for a 336-px CLIP-L tower) the harness warms up, then times ``--repeats`` runs of:
+
+* prefill: one forward over the prompt and the image (vision tower, [CLS] scoring, top-k, projector, LLM
+  prefill) up to the first token's logits;
+* decode: ``--new-tokens`` − 1 greedy steps on the prefill's KV cache → time per output token (TPOT);
+* end to end: ``model.generate`` of exactly ``--new-tokens`` tokens (EOS suppressed);
+
+and reports medians, peak memory, and each ratio to the unpruned model of the same run. The
+FLOPs-limit speed-up (``llava.bench.flops``: LLM prefill over text + visual tokens plus the vision
+tower) is the bound for a compute-bound prefill; measured ratios fall short of it where fixed costs
+(vision tower, launch overhead, decode-time weight reads) dominate.
+
+The prompt is ``--text-tokens`` random token ids with the image placeholder after the first 35 (the
+vicuna_v1 system prompt's length); latency depends on lengths only. The image is a fixed random
+640×480 picture preprocessed under the model's config.
+
+``--compare upstream`` times the [CLS] scoring of the vision tower alone: upstream's HF
+``CLIPVisionModel`` in eager attention returning every layer's attentions and hidden states (the [CLS]
+row read from the selected layer's map), against this project's tower (SDPA, one extra [CLS] query row,
+no layer after the selected one), both relative to a plain SDPA CLIP forward with hidden states, as
+vanilla LLaVA runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from llava.bench import flops
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.mm_utils import process_images
+
+PROMPT_PREFIX = 35  # BOS + vicuna_v1 system prompt + "USER: " before the image (upstream-behaviour.md §11)
+REDUCTIONS = (50.0, 75.0, 90.0, 95.0)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# --random-arch presets: LLM shape, vision tower shape, tower attention heads (CLIP-L/14: 16 of 64 dims).
+RANDOM_ARCHS: dict[str, tuple[flops.LLMConfig, flops.VisionConfig, int]] = {
+    "llama-7b": (flops.VICUNA_7B, flops.CLIP_L14_336, 16),
+    "llama-13b": (flops.VICUNA_13B, flops.CLIP_L14_336, 16),
+}
+LLAMA_VOCAB = 32000
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_random_llava(llm: flops.LLMConfig, vision: flops.VisionConfig, vision_heads: int, layers: int,
+                       vision_layers: int, device: str, dtype: torch.dtype, vocab_size: int = LLAMA_VOCAB):
+    """A random-weight LLaVA-1.5 with ``llm``/``vision`` shapes but ``layers``/``vision_layers`` layers.
+
+    Built in memory (no checkpoint, no download): ``(model, image_processor)``. The tower needs at least two
+    layers, since LLaVA reads the penultimate one.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor
+
+    if vision_layers < 2:
+        raise ValueError("the vision tower needs at least 2 layers (LLaVA reads the penultimate one)")
+    config = LlavaConfig(
+        hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size, num_hidden_layers=layers,
+        num_attention_heads=llm.num_heads, num_key_value_heads=llm.num_kv_heads or llm.num_heads,
+        vocab_size=vocab_size, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, tie_word_embeddings=False, mm_vision_tower=f"random-{vision.name}",
+        mm_hidden_size=vision.hidden_size, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch", image_aspect_ratio="pad", mm_patch_merge_type="flat")
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlavaLlamaForCausalLM(config)  # the tower is built with delay_load: nothing is fetched
+        clip = CLIPVisionModel(CLIPVisionConfig(
+            hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size, num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads, image_size=vision.image_size, patch_size=vision.patch_size))
+    side = vision.image_size
+    tower = model.get_vision_tower()
+    # What CLIPVisionTower.load_model would set from a folder, here from the in-memory modules.
+    tower.vision_tower = clip.requires_grad_(False)
+    tower.image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    tower.is_loaded = True
+    return model.to(dtype).eval(), tower.image_processor
+
+
+def load_source(args: argparse.Namespace, dtype: torch.dtype):
+    """``(model, image_processor, description)`` for ``--model-path``, ``--tiny`` or ``--random-arch``."""
+    if args.random_arch:
+        llm, vision, heads = RANDOM_ARCHS[args.random_arch]
+        vision_layers = args.vision_layers or max(2, round(vision.num_layers * args.layers / llm.num_layers))
+        model, processor = build_random_llava(llm, vision, heads, args.layers, vision_layers, args.device, dtype)
+        return model, processor, (f"random {args.random_arch} ({args.layers} of {llm.num_layers} LLM layers, "
+                                  f"{vision_layers} of {vision.num_layers} tower layers)")
+    from llava.model.builder import load_pretrained_model
+
+    def load(path: str):
+        _, model, processor, _ = load_pretrained_model(path, None, Path(path).name, device=args.device, dtype=dtype,
+                                                       vision_tower_dtype=dtype)
+        if isinstance(processor, dict):
+            raise SystemExit(f"{path}: a video checkpoint; the latency harness times image models only")
+        return model, processor
+
+    if not args.tiny:
+        return (*load(args.model_path), args.model_path)
+    from llava.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="latency-") as tmp:  # every weight is in memory once loaded
+        return (*load(str(make_tiny_checkpoint(Path(tmp) / "llava-v1.5-tiny"))), "tiny random checkpoint")
+
+
+def flops_model(model, crops: int) -> flops.ModelConfig:
+    """The loaded model's shapes in ``llava.bench.flops`` terms."""
+    c = model.config
+    t = model.get_vision_tower().config
+    llm = flops.LLMConfig(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                          getattr(c, "num_key_value_heads", None))
+    vision = flops.VisionConfig(str(c.mm_vision_tower), t.num_hidden_layers, t.hidden_size, t.intermediate_size,
+                                t.image_size, t.patch_size)
+    return flops.ModelConfig(getattr(c, "_name_or_path", "") or "model", llm, vision, crops)
+
+
+# --------------------------------------------------------------------------- inputs and timing
+
+
+def make_inputs(model, processor, text_tokens: int, seed: int):
+    """``(input_ids (1, text_tokens + 1), images, image_sizes)`` on the model's device."""
+    if text_tokens <= PROMPT_PREFIX:
+        raise ValueError(f"--text-tokens must exceed the {PROMPT_PREFIX}-token prefix before the image")
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(3, model.config.vocab_size, (text_tokens,), generator=g)  # ids 0-2: unk/bos/eos
+    text[0] = 1  # BOS
+    ids = torch.cat([text[:PROMPT_PREFIX], torch.tensor([IMAGE_TOKEN_INDEX]), text[PROMPT_PREFIX:]])[None]
+    pixels = (np.random.RandomState(seed).rand(480, 640, 3) * 255).astype("uint8")
+    image = Image.fromarray(pixels)
+    images = process_images([image], processor, model.config)
+    images = ([x.to(model.device, model.dtype) for x in images] if isinstance(images, list)
+              else images.to(model.device, model.dtype))
+    return ids.to(model.device), images, [image.size]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """Wall-clock seconds of ``fn()`` with the device drained before and after, and its result."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+class PeakMemory:
+    """Peak memory above the level at :meth:`start`, in MiB; None where it cannot be measured.
+
+    CUDA: ``max_memory_allocated`` minus the allocation at start (weights excluded). CPU (Linux): peak
+    resident set size (VmHWM, reset at start through ``/proc/self/clear_refs``) minus the RSS at start;
+    approximate, since the allocator may keep freed pages mapped.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.base: int | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.device.type == "cuda":
+            return "CUDA max_memory_allocated above the loaded model"
+        return "peak RSS above the RSS before the runs (/proc VmHWM, reset per row); n/a off Linux"
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        try:
+            _malloc_trim()
+            Path("/proc/self/clear_refs").write_text("5")  # resets the process's peak RSS to its current RSS
+            self.base = _proc_status_kib("VmRSS") * 1024
+        except (OSError, ValueError):
+            self.base = None
+
+    def stop(self) -> float | None:
+        if self.base is None:
+            return None
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _proc_status_kib("VmHWM") * 1024
+        return (peak - self.base) / 2**20
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc), so a row's peak is not hidden by the last row's leftovers."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the delta stays a lower bound
+        pass
+
+
+def _proc_status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"{key} not in /proc/self/status")
+
+
+@dataclass
+class Row:
+    """One budget's medians and ratios (ratios: unpruned time ÷ this time; memory: this ÷ unpruned)."""
+
+    kept_per_crop: int
+    visual_tokens: int
+    reduction_pct: float
+    prefill_ms: float
+    tpot_ms: float
+    e2e_ms: float
+    peak_mem_mib: float | None
+    prefill_speedup: float = 1.0
+    tpot_speedup: float = 1.0
+    e2e_speedup: float = 1.0
+    mem_ratio: float | None = None
+    flops_limit_speedup: float = 1.0
+    prefill_runs_ms: tuple[float, ...] = ()
+    tpot_runs_ms: tuple[float, ...] = ()
+    e2e_runs_ms: tuple[float, ...] = ()
+
+
+@torch.inference_mode()
+def measure(model, ids, images, image_sizes, kept: int | None, warmup: int, repeats: int, new_tokens: int,
+            memory: PeakMemory) -> Row:
+    """Time one budget (``kept`` per crop; None = unpruned, reported as ``kept_per_crop`` = N)."""
+    device = ids.device
+    model.set_visual_token_num(kept)
+
+    def prefill():
+        return model(ids, images=images, image_sizes=image_sizes, use_cache=True, logits_to_keep=1)
+
+    def decode(out):
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
+        for _ in range(new_tokens - 1):
+            out = model(token, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    def generate():
+        return model.generate(ids, images=images, image_sizes=image_sizes, do_sample=False, num_beams=1,
+                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True)
+
+    runs: list[tuple[float, float, float]] = []
+    memory.start()
+    for i in range(warmup + repeats):
+        t_prefill, out = timed(prefill, device)
+        t_decode, _ = timed(lambda: decode(out), device)
+        t_e2e, generated = timed(generate, device)
+        if generated.shape[1] != new_tokens:
+            raise RuntimeError(f"generate returned {generated.shape[1]} tokens, expected {new_tokens}")
+        if i >= warmup:
+            runs.append((t_prefill * 1e3, t_decode * 1e3 / (new_tokens - 1), t_e2e * 1e3))
+        del out
+    peak = memory.stop()
+    prefill_ms, tpot_ms, e2e_ms = zip(*runs)
+    info = model.last_pruning
+    return Row(kept_per_crop=model.get_vision_tower().num_patches if kept is None else kept,
+               visual_tokens=info.visual_tokens[0], reduction_pct=0.0,
+               prefill_ms=statistics.median(prefill_ms), tpot_ms=statistics.median(tpot_ms),
+               e2e_ms=statistics.median(e2e_ms), peak_mem_mib=peak, prefill_runs_ms=prefill_ms, tpot_runs_ms=tpot_ms,
+               e2e_runs_ms=e2e_ms)
+
+
+def add_ratios(rows: list[Row], cfg: flops.ModelConfig, text_tokens: int) -> None:
+    """Fill each row's ratios against ``rows[0]`` (the unpruned model) and its FLOPs-limit speed-up."""
+    base = rows[0]
+    vision = flops.vision_encoder_flops(cfg)
+
+    def prefill_flops(visual: int) -> float:
+        return flops.llm_prefill_flops(cfg, text_tokens + visual) + vision
+
+    for r in rows:
+        r.prefill_speedup = base.prefill_ms / r.prefill_ms
+        r.tpot_speedup = base.tpot_ms / r.tpot_ms
+        r.e2e_speedup = base.e2e_ms / r.e2e_ms
+        r.mem_ratio = (r.peak_mem_mib / base.peak_mem_mib
+                       if r.peak_mem_mib is not None and base.peak_mem_mib else None)
+        r.flops_limit_speedup = prefill_flops(base.visual_tokens) / prefill_flops(r.visual_tokens)
+        r.reduction_pct = 100 * (1 - r.visual_tokens / base.visual_tokens) if base.visual_tokens else 0.0
+
+
+# --------------------------------------------------------------------------- --compare upstream
+
+
+@torch.inference_mode()
+def compare_upstream(tower, images, warmup: int, repeats: int) -> dict:
+    """Median ms of three ways to get the selected layer's features (and [CLS] attention) from the tower."""
+    x = images if not isinstance(images, list) else torch.cat(images)
+    x = (x.flatten(0, 1) if x.ndim == 5 else x).to(tower.device, tower.dtype)  # (crops, 3, H, W)
+    n_layers = tower.config.num_hidden_layers
+    select = tower.select_layer
+    layer = n_layers + select if select < 0 else select - 1  # 0-based encoder layer LLaVA reads
+    plain = copy.deepcopy(tower.vision_tower)
+    plain.set_attn_implementation("sdpa")
+    eager = copy.deepcopy(tower.vision_tower)
+    eager.set_attn_implementation("eager")
+
+    def run_plain():  # vanilla LLaVA: every layer, all hidden states, features of the selected one
+        return plain(x, output_hidden_states=True).hidden_states[layer + 1][:, 1:]
+
+    def run_upstream():  # upstream FasterVLM: eager attention, every map materialised
+        out = eager(x, output_hidden_states=True, output_attentions=True)
+        return out.hidden_states[layer + 1][:, 1:], out.attentions[layer][:, :, 0, 1:].mean(dim=1)
+
+    def run_ours():
+        return tower(x)
+
+    device = x.device
+    result = {}
+    for name, fn in (("plain_sdpa", run_plain), ("upstream_eager", run_upstream), ("ours", run_ours)):
+        times = [timed(fn, device)[0] * 1e3 for _ in range(warmup + repeats)][warmup:]
+        result[f"{name}_ms"] = statistics.median(times)
+    for name in ("upstream_eager", "ours"):
+        result[f"{name}_overhead_pct"] = 100 * (result[f"{name}_ms"] / result["plain_sdpa_ms"] - 1)
+    result["crops"] = x.shape[0]
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def to_markdown(rows: Sequence[Row], compare: dict | None = None) -> str:
+    """The per-budget table, then the tower comparison when there is one."""
+    out = ["| Visual tokens | Reduction | Prefill (ms) | Prefill × | TPOT (ms) | TPOT × | E2E (ms) | E2E × "
+           "| Peak mem (MiB) | Mem ratio | FLOPs-limit × |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rows):
+        label = f"{r.visual_tokens} (unpruned)" if i == 0 else str(r.visual_tokens)
+        out.append(f"| {label} | {r.reduction_pct:.1f} % | {r.prefill_ms:.2f} | {r.prefill_speedup:.2f}x "
+                   f"| {r.tpot_ms:.2f} | {r.tpot_speedup:.2f}x | {r.e2e_ms:.1f} | {r.e2e_speedup:.2f}x "
+                   f"| {_fmt(r.peak_mem_mib, '.1f')} | {_fmt(r.mem_ratio, '.2f')} | {r.flops_limit_speedup:.2f}x |")
+    if compare:
+        out += ["", f"Vision tower alone ({compare['crops']} crop(s)): [CLS] scoring overhead over a plain SDPA "
+                    "CLIP forward", "",
+                "| Path | Time (ms) | Overhead |", "|---|---:|---:|",
+                f"| plain SDPA CLIP, all layers, hidden states | {compare['plain_sdpa_ms']:.2f} | — |",
+                f"| upstream: eager CLIP, all attentions + hidden states | {compare['upstream_eager_ms']:.2f} "
+                f"| {compare['upstream_eager_overhead_pct']:+.1f} % |",
+                f"| this project: SDPA, [CLS] row only, stops at the selected layer | {compare['ours_ms']:.2f} "
+                f"| {compare['ours_overhead_pct']:+.1f} % |"]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llava.bench.latency", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-path", help="LLaVA checkpoint folder (real or tiny)")
+    src.add_argument("--tiny", action="store_true", help="build a tiny random checkpoint in a temporary folder")
+    src.add_argument("--random-arch", choices=sorted(RANDOM_ARCHS),
+                     help="random weights in memory: the named LLM's layer shape (llama-7b: d=4096, m=11008, "
+                          "32 heads) and a CLIP-L/336-shaped tower, with --layers / --vision-layers layers")
+    p.add_argument("--layers", type=int, default=2, help="LLM layers of --random-arch (default 2)")
+    p.add_argument("--vision-layers", type=int, default=None,
+                   help="tower layers of --random-arch (default: 24 scaled like the LLM's layers, at least 2)")
+    p.add_argument("--kept", type=int, nargs="+", metavar="T",
+                   help="kept visual tokens per crop (default: all N patches, then N x 50/25/10/5 %% rounded "
+                        "half-up: 576 288 144 58 29 for CLIP-L/336)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="weights and activations, tower included (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per budget before timing (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per budget; medians are reported (default 5)")
+    p.add_argument("--new-tokens", type=int, default=32,
+                   help="tokens generated per run, EOS suppressed (default 32; at least 2 for TPOT)")
+    p.add_argument("--text-tokens", type=int, default=60,
+                   help=f"prompt tokens besides the image, the image after the first {PROMPT_PREFIX} (default 60)")
+    p.add_argument("--compare", choices=["upstream"], default=None,
+                   help="also time upstream's eager all-attentions tower against this project's tower")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt ids and the image (default 0)")
+    p.add_argument("--json", metavar="PATH", help="also write every number (and each run's time) as JSON here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark, print the markdown table; returns what ``--json`` writes."""
+    args = build_parser().parse_args(argv)
+    if args.new_tokens < 2:
+        raise SystemExit("--new-tokens must be at least 2 (TPOT needs a decode step)")
+    if args.repeats < 1 or args.warmup < 0:
+        raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    torch.manual_seed(args.seed)
+    model, processor, source = load_source(args, dtype)
+    ids, images, image_sizes = make_inputs(model, processor, args.text_tokens, args.seed)
+    crops = len(images[0]) if isinstance(images, list) else (images.shape[1] if images.ndim == 5 else 1)
+    cfg = flops_model(model, crops)
+    n = cfg.vision.num_patches
+    per_crop = replace(cfg, num_crops=1)
+    kept = args.kept or [flops.kept_from_reduction(per_crop, r) for r in REDUCTIONS]
+    if any(not 0 <= k <= n for k in kept):
+        raise SystemExit(f"--kept values must be in [0, {n}] (patches per crop)")
+
+    memory = PeakMemory(device)
+    budgets: list[int | None] = [None] + [k for k in kept if k != n]  # a budget of N is the unpruned model
+    rows = [measure(model, ids, images, image_sizes, k, args.warmup, args.repeats, args.new_tokens, memory)
+            for k in budgets]
+    add_ratios(rows, cfg, args.text_tokens)
+    compare = (compare_upstream(model.get_vision_tower(), images, args.warmup, args.repeats)
+               if args.compare == "upstream" else None)
+
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"CPU ({torch.get_num_threads()} threads)")
+    result = {
+        "source": source, "device": str(device), "device_name": device_name, "dtype": str(dtype).removeprefix("torch."),
+        "model": asdict(cfg), "settings": {k: getattr(args, k) for k in
+                                           ("warmup", "repeats", "new_tokens", "text_tokens", "seed")},
+        "memory": memory.kind, "rows": [asdict(r) for r in rows], "compare_upstream": compare,
+    }
+    print(f"**{source}** on {device_name}, {result['dtype']}: {n} patches per crop x {crops} crop(s), "
+          f"{args.text_tokens} text tokens, {args.new_tokens} new tokens; medians of {args.repeats} runs after "
+          f"{args.warmup} warm-up. Peak memory: {memory.kind}.\n")
+    print(to_markdown(rows, compare))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""[FasterVLM] Video-LLaVA (``LanguageBind/Video-LLaVA-7B``) on the LLaVA model class: loading and mixed image/video input.
+
+A Video-LLaVA checkpoint is a LLaVA-LLaMA checkpoint whose config names ``mm_image_tower`` and
+``mm_video_tower`` (LanguageBind towers, see ``multimodal_encoder/languagebind.py``) instead of
+``mm_vision_tower``. ``LlavaMetaModel`` builds both towers from those keys; this module loads such a
+checkpoint and turns Video-LLaVA's ``images`` argument (images and videos mixed) into one feature
+tensor per ``<image>`` placeholder: one per image (all patches, never pruned) and one per video
+frame (``encode_videos``: that frame's top-L patches by [CLS] attention). A video fills as many
+consecutive placeholders as it has frames, so the prompt holds eight ``<image>`` per video.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from llava.model.llava_arch import PruningInfo
+
+
+def read_video_llava_config(model_path: str | os.PathLike) -> dict | None:
+    """The checkpoint's ``config.json`` if it is a Video-LLaVA one (names ``mm_video_tower``), else None."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    return cfg if cfg.get("mm_video_tower") and not cfg.get("mm_vision_tower") else None
+
+
+def is_video_llava(model_path: str | os.PathLike) -> bool:
+    return read_video_llava_config(model_path) is not None
+
+
+def patches_per_frame(model_path: str | os.PathLike) -> int:
+    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
+    from llava.model.multimodal_encoder.languagebind import TowerConfig, read_tower_config, tower_folder
+
+    cfg = read_video_llava_config(model_path)
+    if cfg is None:
+        raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
+    folder = tower_folder(cfg["mm_video_tower"], model_path)
+    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"]).num_patches
+
+
+def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=False, device_map="auto", device="cuda",
+                     use_flash_attn=False, visual_token_num=None, **kwargs):
+    """Load a Video-LLaVA checkpoint: ``(tokenizer, model, {"image": ..., "video": ...}, context_len)``.
+
+    The processor dict mirrors upstream's: ``"image"`` a CLIP image processor, ``"video"`` a
+    :class:`llava.video_utils.VideoProcessor` (path → (3, T, 224, 224)).
+    ``visual_token_num`` [FasterVLM]: patches kept per video frame, 0..256 (None keeps all 256).
+    ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
+    ``vision_tower_dtype``: both towers' dtype; by default the LLM's, as upstream casts both towers to fp16.
+    ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    """
+    from llava.model.builder import _DTYPE_KWARG, load_tokenizer
+    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.video_utils import VideoProcessor
+
+    if model_base is not None:
+        raise NotImplementedError(f"--model-base {model_base}: LoRA / projector-only Video-LLaVA checkpoints are not supported")
+    if load_8bit or load_4bit:
+        raise NotImplementedError("quantised loading is not supported for Video-LLaVA")
+    cfg_dict = read_video_llava_config(model_path)
+    if cfg_dict is None:
+        raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
+    if cfg_dict.get("mm_use_im_start_end") or cfg_dict.get("mm_use_im_patch_token"):
+        raise NotImplementedError(f"{model_path}: mm_use_im_start_end / mm_use_im_patch_token are not supported "
+                                  "(Video-LLaVA-7B sets both false)")
+    n = patches_per_frame(model_path)
+    if visual_token_num is not None and not 0 <= visual_token_num <= n:
+        raise ValueError(f"--visual-token-num {visual_token_num} must lie in [0, {n}] (patches per video frame)")
+
+    on_cuda = str(device).startswith("cuda")
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_cuda else torch.float32)
+    tower_dtype = kwargs.pop("vision_tower_dtype", None) or dtype
+    attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
+    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
+    if on_cuda:
+        load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
+    if kwargs:
+        warnings.warn(f"load_video_llava ignores unknown arguments: {sorted(kwargs)}")
+
+    tokenizer = load_tokenizer(model_path)
+    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"})
+    config._name_or_path = str(model_path)
+    model, loading_info = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
+                                                                **load_kwargs)
+    missing = loading_info["missing_keys"]
+    if any(k.startswith("model.mm_projector.") for k in missing):
+        raise ValueError(f"{model_path}: the checkpoint lacks the mm_projector weights")
+    inner = model.get_model()
+    for prefix, tower in (("model.image_tower.", inner.image_tower), ("model.video_tower.", inner.video_tower)):
+        if tower is not None:
+            tower.load_weights(embedded=not any(k.startswith(prefix) for k in missing))
+    model.set_visual_token_num(visual_token_num)
+
+    if not on_cuda:
+        model.to(device)
+    for tower in (inner.image_tower, inner.video_tower):
+        if tower is not None:
+            tower.to(dtype=tower_dtype)
+    model.eval()
+
+    processor = {"image": inner.image_tower.image_processor if inner.image_tower is not None else None,
+                 "video": VideoProcessor(size=inner.video_tower.cfg.image_size, num_frames=inner.video_tower.num_frames)}
+    context_len = getattr(config, "max_sequence_length", None) or 2048
+    return tokenizer, model, processor, context_len
+
+
+def encode_video_llava_inputs(model, images) -> list[torch.Tensor]:
+    """Video-LLaVA's ``images``: a list of (3, H, W) images and (3, T, H, W) videos, a (B, 3, H, W) image batch or a
+    (B, 3, T, H, W) video batch. Returns one (k, D) tensor per ``<image>`` placeholder, in order (T per video).
+
+    Sets ``model.last_pruning`` with one "crop" per placeholder: ``kept_indices`` (all patches for an
+    image, the top-L for a video frame) and ``cls_attn`` (placeholders, N), the head-mean [CLS] attention.
+    """
+    items = list(images)  # a 4-D batch iterates (3, H, W) images, a 5-D one (3, T, H, W) videos
+    if any(x.ndim not in (3, 4) for x in items):
+        raise ValueError("Video-LLaVA takes (3, H, W) images and (3, T, H, W) videos")
+    inner = model.get_model()
+    # Per item: its placeholders' projected features, kept indices and scores.
+    per_item: list[tuple[list, list, list]] = [([], [], []) for _ in items]
+    image_pos = [i for i, x in enumerate(items) if x.ndim == 3]
+    video_pos = [i for i, x in enumerate(items) if x.ndim == 4]
+    if image_pos:
+        if inner.image_tower is None:
+            raise ValueError("this checkpoint has no image tower (mm_image_tower)")
+        features, cls_attn = inner.image_tower(torch.stack([items[i] for i in image_pos]))  # (B, N, C), (B, heads, N)
+        all_patches = torch.arange(cls_attn.shape[-1], device=features.device)
+        for i, projected, scores in zip(image_pos, inner.mm_projector(features), cls_attn.mean(dim=1)):
+            per_item[i] = ([projected], [all_patches], [scores])
+    if video_pos:
+        frames = model.encode_videos(torch.stack([items[i] for i in video_pos]))  # B·T tensors (L, D)
+        info, T = model.last_pruning, items[video_pos[0]].shape[1]
+        for j, i in enumerate(video_pos):
+            span = slice(j * T, (j + 1) * T)
+            per_item[i] = (frames[span], info.kept_indices[span], list(info.cls_attn[span]))
+    features, kept, scores = ([x for item in per_item for x in item[part]] for part in range(3))
+    model.last_pruning = PruningInfo(kept_indices=kept, crops_per_image=[1] * len(kept), cls_attn=torch.stack(scores),
+                                     token_sources=kept)
+    return features

@@ -1,0 +1,382 @@
+"""Video-LLaVA with per-frame FasterVLM: towers, selection, the HF reference, decoding, the inference CLI and scripts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.eval.utils import InputError
+from llava.eval.video import run_inference_video_qa as cli
+from llava.mm_utils import tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.model.video_llava import encode_video_llava_inputs
+from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
+from llava.video_utils import available_backends, preprocess_frames, read_frames, resolve_backend, sample_indices
+from reference import greedy
+from reference_video import (checkpoint_state, eager_languagebind, hf_video_llava, project, reference_frame_tokens,
+                             reference_llama, reference_video_tower, tower_config)
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 256  # patches per 224-px frame
+QUESTION = "What is the color of the bus?"
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[bool, Path]:
+    """Tiny Video-LLaVA checkpoints with (True) and without (False) temporal attention in the video tower."""
+    root = tmp_path_factory.mktemp("video")
+    return {t: make_tiny_video_checkpoint(root / f"Video-LLaVA-tiny-{t}", seed=int(t), add_time_attn=t) for t in (True, False)}
+
+
+@pytest.fixture(scope="module")
+def models(ckpts) -> dict[bool, tuple]:
+    return {t: load_pretrained_model(str(path), device="cpu")[:2] for t, path in ckpts.items()}
+
+
+def clip(seed: int = 0, frames: int = 8) -> torch.Tensor:
+    """A normalised-looking random video, (1, 3, T, 224, 224)."""
+    return torch.randn(1, 3, frames, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+def prompt_ids(tokenizer, images: int = 8) -> torch.Tensor:
+    return tokenizer_image_token(cli.build_prompt(QUESTION, images, "llava_v1"), tokenizer, return_tensors="pt")[None]
+
+
+def splice(llama, ids: torch.Tensor, visual: list[torch.Tensor]) -> torch.Tensor:
+    """(1, L) ids with one placeholder per tensor of ``visual`` → (1, L', D) input embeddings."""
+    embed, pieces, start = llama.get_input_embeddings(), [], 0
+    for pos, v in zip((ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist(), visual):
+        pieces += [embed(ids[0, start:pos]), v]
+        start = pos + 1
+    return torch.cat(pieces + [embed(ids[0, start:])])[None]
+
+
+# ---------------------------------------------------------------- model
+
+@pytest.fixture(scope="module")
+def reference(ckpts) -> tuple:
+    """The eager video tower's layer -2 on ``clip(1)``, and the stock LLaMA of the temporal-attention checkpoint."""
+    return reference_video_tower(ckpts[True], clip(1)), reference_llama(ckpts[True])
+
+
+@pytest.mark.parametrize("k", [None, 256, 64, 13, 0])
+def test_per_frame_selection_matches_eager_reference(ckpts, models, reference, k):
+    """Layer -2 spatial [CLS] row, head mean, independent top-L per frame in raster order, then the LLM: all equal
+    to a plain-torch eager LanguageBind (temporal attention on) feeding a stock LlamaForCausalLM."""
+    tokenizer, model = models[True]
+    (features, cls_attn), llama = reference
+    ids = prompt_ids(tokenizer)
+    model.set_visual_token_num(k)
+    with torch.no_grad():
+        ours = model(ids, images=[clip(1)[0]]).logits
+        tokens, keep, scores = reference_frame_tokens(ckpts[True], features, cls_attn, k)
+        ref = llama(inputs_embeds=splice(llama, ids, list(tokens[0]))).logits
+    L = N if k is None else k
+    info = model.last_pruning
+    assert info.visual_tokens == [8 * L] and ours.shape == ref.shape
+    assert all(torch.equal(ours_k, ref_k) for ours_k, ref_k in zip(info.kept_indices, keep[0]))
+    torch.testing.assert_close(info.cls_attn, scores[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_videollava_parity_without_temporal_attention(ckpts, models):
+    """With add_time_attn off the tower is a plain CLIP ViT: our unpruned frame tokens are HF VideoLlava's minus [CLS]
+    (FasterVLM's 256 per frame where Video-LLaVA fed 257), and given the same tokens the LLMs agree."""
+    tokenizer, model = models[False]
+    video, ids = clip(2), prompt_ids(tokenizer)
+    video_token = 3  # a byte-fallback piece the prompt does not use
+    assert video_token not in ids
+    hf, dropped = hf_video_llava(ckpts[False], video_token)
+    assert dropped == []
+    model.set_visual_token_num(None)
+    with torch.no_grad():
+        ours = model(ids, images=[video[0]]).logits
+        hf_tokens = hf.model.get_video_features(pixel_values_videos=video.transpose(1, 2)).pooler_output  # (8, 1+N, D)
+        torch.testing.assert_close(torch.stack(model.encode_videos(video)), hf_tokens[:, 1:], atol=1e-5, rtol=1e-5)
+        placeholder = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
+        hf_ids = torch.cat([ids[0, :placeholder[0]], torch.full((8 * N,), video_token), ids[0, placeholder[-1] + 1:]])[None]
+        theirs = hf(input_ids=hf_ids, mm_encoder_outputs={
+            "video": BaseModelOutputWithPooling(pooler_output=hf_tokens[:, 1:].reshape(1, 8 * N, -1))}).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_temporal_attention_is_what_hf_videollava_drops(ckpts, models):
+    """HF's conversion loads LanguageBind_Video_merge into a plain CLIP, silently dropping the temporal weights.
+    Ours uses them: frames exchange information, and only with the temporal branch zeroed do the two agree."""
+    tokenizer, model = models[True]
+    hf, dropped = hf_video_llava(ckpts[True], video_token_id=3)
+    assert dropped and all(".temporal_" in key and key.startswith("model.video_tower.") for key in dropped)
+    assert len(dropped) == 3 * 11  # per layer: temporal_embedding, temporal_attn (8), temporal_layer_norm1 (2)
+    video = clip(3)
+    model.set_visual_token_num(None)
+    with torch.no_grad():
+        theirs = hf.model.get_video_features(pixel_values_videos=video.transpose(1, 2)).pooler_output[:, 1:]
+        ours = torch.stack(model.encode_videos(video))
+        assert (ours - theirs).abs().max() > 1e-2
+        # Frames mix: changing frame 5 changes frame 0's tokens for us, never for the per-frame HF tower.
+        edited = video.clone()
+        edited[:, :, 5] += 1
+        assert (torch.stack(model.encode_videos(edited))[0] - ours[0]).abs().max() > 1e-4
+        theirs_edited = hf.model.get_video_features(pixel_values_videos=edited.transpose(1, 2)).pooler_output[:, 1:]
+        torch.testing.assert_close(theirs_edited[0], theirs[0], atol=0, rtol=0)
+        saved = {k: v.clone() for k, v in model.state_dict().items() if "temporal_" in k}
+        try:
+            for layer in model.get_model().video_tower.video_tower.encoder.layers:
+                for p in (layer.temporal_embedding, layer.temporal_attn.out_proj.weight, layer.temporal_attn.out_proj.bias):
+                    p.zero_()
+            torch.testing.assert_close(torch.stack(model.encode_videos(video)), theirs, atol=1e-5, rtol=1e-5)
+        finally:
+            model.load_state_dict(saved, strict=False)
+
+
+def test_images_are_not_pruned_and_mix_with_videos(ckpts, models):
+    """An image next to a video: the image tower's 256 patches all enter, the video frames are pruned."""
+    tokenizer, model = models[True]
+    image, video = clip(4, frames=1)[0, :, 0], clip(5)[0]
+    ids = tokenizer_image_token(cli.build_prompt("<image>\n" + QUESTION, 8, "llava_v1"), tokenizer, return_tensors="pt")[None]
+    model.set_visual_token_num(13)
+    with torch.no_grad():
+        model(ids, images=[image, video])
+        state = checkpoint_state(ckpts[True])
+        hidden, attn = eager_languagebind(state, "model.image_tower.image_tower.", tower_config(ckpts[True], "LanguageBind_Image"),
+                                          image[None, :, None])
+    info = model.last_pruning
+    assert info.visual_tokens == [N + 8 * 13]
+    assert torch.equal(info.kept_indices[0], torch.arange(N)) and [len(k) for k in info.kept_indices[1:]] == [13] * 8
+    assert info.cls_attn.shape == (9, N)
+    torch.testing.assert_close(info.cls_attn[0], attn[-2][0, 0, :, 0, 1:].mean(0), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        image_tokens = encode_video_llava_inputs(model, [image])[0]
+    torch.testing.assert_close(image_tokens, project(state, hidden[-2][0, 0, 1:]), atol=1e-5, rtol=1e-5)
+
+
+def test_budget_and_frame_count_errors(ckpts, models):
+    with pytest.raises(ValueError, match="0, 256"):
+        load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=257)
+    _, model = models[True]
+    with pytest.raises(ValueError, match="8 frames"):
+        model.encode_videos(clip(6, frames=4))
+
+
+def test_tower_weights_from_checkpoint_when_folders_lack_them(ckpts, models, tmp_path):
+    """Video-LLaVA-7B embeds both towers; without the LanguageBind folders' weights they come from there."""
+    ckpt = shutil.copytree(ckpts[True], tmp_path / "ckpt")
+    for folder in ("LanguageBind_Image", "LanguageBind_Video_merge"):
+        (ckpt / folder / "pytorch_model.bin").unlink()
+    _, model = load_pretrained_model(str(ckpt), device="cpu", visual_token_num=26)[:2]
+    assert model.get_model().video_tower.weights_source == "checkpoint"
+    assert models[True][1].get_model().video_tower.weights_source.endswith("LanguageBind_Video_merge")
+    models[True][1].set_visual_token_num(26)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_videos(clip(7)), models[True][1].encode_videos(clip(7)), atol=0, rtol=0)
+    # With neither, loading stops rather than run random towers.
+    for shard in ckpt.glob("pytorch_model-*.bin"):
+        torch.save({k: v for k, v in torch.load(shard).items() if "_tower." not in k}, shard)
+    with pytest.raises(FileNotFoundError, match="no tower weights"):
+        load_pretrained_model(str(ckpt), device="cpu")
+
+
+# ---------------------------------------------------------------- decoding
+
+def write_video(path: Path, frames: int, size=(64, 48), codec: str = "mpeg4") -> None:
+    """Frame i is a flat colour with red = 10 + 20·i (mod 256), so decoded frames reveal their index."""
+    av = pytest.importorskip("av", reason="writing test videos needs PyAV")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        for i in range(frames):
+            image = np.zeros((size[1], size[0], 3), np.uint8)
+            image[..., 0], image[..., 1] = (10 + 20 * i) % 256, 128
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("frames", [12, 5])
+def test_decoders_sample_linspace_frames(tmp_path, backend, frames):
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed")
+    write_video(tmp_path / "v.mp4", frames)
+    decoded = read_frames(tmp_path / "v.mp4", 8, backend)
+    assert decoded.shape == (8, 48, 64, 3) and decoded.dtype == torch.uint8
+    expected = [10 + 20 * i for i in np.linspace(0, frames - 1, 8, dtype=int)]
+    assert np.abs(decoded[:, 24, 32, 0].numpy().astype(int) - expected).max() <= 4
+    assert sample_indices(frames, 8) == np.linspace(0, frames - 1, 8).astype(int).tolist()
+
+
+def test_backends_agree(tmp_path):
+    if len(available_backends()) < 2:
+        pytest.skip("needs both decord and PyAV")
+    write_video(tmp_path / "v.mp4", 30, size=(96, 64))
+    assert torch.equal(read_frames(tmp_path / "v.mp4", 8, "decord"), read_frames(tmp_path / "v.mp4", 8, "pyav"))
+
+
+def test_missing_decoder_names_the_extra(monkeypatch):
+    monkeypatch.setattr("llava.video_utils.available_backends", lambda: [])
+    with pytest.raises(ImportError, match=r"fastervlm\[video\]"):
+        resolve_backend("auto")
+
+
+@pytest.mark.parametrize("shape,window", [((20, 29), (slice(None), slice(4, 24))),  # round(4.5) = 4: half to even
+                                          ((27, 20), (slice(4, 24), slice(None))),  # round(3.5) = 4
+                                          ((20, 27), (slice(None), slice(4, 24)))])
+def test_preprocess_short_side_then_centre_crop(shape, window):
+    """At scale 1 (short side = size) the transform is normalise + crop: exact pixels, torchvision's crop offsets."""
+    h, w = shape
+    frames = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = preprocess_frames(frames, size=20)
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    expected = ((frames.float() / 255 - mean) / std).permute(3, 0, 1, 2)[(..., *window)]
+    assert out.shape == (3, 2, 20, 20)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(preprocess_frames(frames, size=20, flip=True), expected.flip(-1), atol=1e-6, rtol=0)
+
+
+def test_preprocess_scales_the_short_side():
+    frames = torch.full((1, 48, 64, 3), 200, dtype=torch.uint8)
+    out = preprocess_frames(frames, size=224)  # 48×64 → 224×298 → centre 224×224
+    assert out.shape == (3, 1, 224, 224)
+    torch.testing.assert_close(out[0], torch.full((1, 224, 224), (200 / 255 - 0.48145466) / 0.26862954))
+
+
+# ---------------------------------------------------------------- inference CLI
+
+@pytest.fixture
+def qa(tmp_path):
+    """Three questions (videos a.mp4, b.avi, one missing) with answers listed in another order."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 12)
+    write_video(videos / "b.avi", 20)
+    questions = [{"video_name": "a", "question": QUESTION, "question_id": "v_a_0"},
+                 {"video_name": "gone", "question": "Is there a dog?", "question_id": "v_gone_0"},
+                 {"video_name": "b", "question": "How many people are there?", "question_id": "v_b_1"}]
+    answers = [{"answer": "two", "type": 3, "question_id": "v_b_1"}, {"answer": "red", "type": 3, "question_id": "v_a_0"},
+               {"answer": "no", "type": 3, "question_id": "v_gone_0"}]
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    (tmp_path / "a.json").write_text(json.dumps(answers))
+    return tmp_path
+
+
+def run_cli(ckpt: Path, qa: Path, answers: str, *extra: str) -> list[dict]:
+    cli.main(["--model-path", str(ckpt), "--video-dir", str(qa / "videos"), "--gt-file-question", str(qa / "q.json"),
+              "--gt-file-answers", str(qa / "a.json"), "--answers-file", str(qa / answers), "--device", "cpu",
+              "--max-new-tokens", "6", "--visual-token-num", "13", *extra])
+    return [json.loads(line) for line in (qa / answers).read_text().splitlines()]
+
+
+def test_cli_answers_by_id_reports_missing_and_resumes(ckpts, models, reference, qa, capsys):
+    lines = run_cli(ckpts[True], qa, "out.jsonl", "--protocol", "greedy")
+    assert [(l["id"], l["answer"]) for l in lines] == [("v_a_0", "red"), ("v_b_1", "two")]
+    assert all(set(l) == {"id", "question", "answer", "pred"} and isinstance(l["pred"], str) for l in lines)
+    captured = capsys.readouterr()
+    assert "Average number of visual tokens: 104.00" in captured.out and "1 video(s) missing" in captured.err
+    missing = [json.loads(l) for l in (qa / "out.jsonl.missing.jsonl").read_text().splitlines()]
+    assert [(m["id"], m["video_name"]) for m in missing] == [("v_gone_0", "gone")]
+
+    # The greedy answer is the reference pipeline's: eager tower, per-frame top-13, stock LLaMA.
+    tokenizer = models[True][0]
+    clip_a = preprocess_frames(read_frames(qa / "videos/a.mp4", 8))[None]
+    tokens, _, _ = reference_frame_tokens(ckpts[True], *reference_video_tower(ckpts[True], clip_a), 13)
+    llama = reference[1]
+    ids = prompt_ids(tokenizer)
+    ref = greedy(llama, splice(llama, ids, list(tokens[0])), steps=6, eos=tokenizer.eos_token_id)
+    assert lines[0]["pred"] == tokenizer.decode(ref, skip_special_tokens=True).strip()
+
+    # Rerun: nothing to redo. A torn last line (killed run) is dropped and answered again.
+    before = (qa / "out.jsonl").read_text()
+    run_cli(ckpts[True], qa, "out.jsonl", "--protocol", "greedy")
+    assert (qa / "out.jsonl").read_text() == before
+    (qa / "out.jsonl").write_text(before.splitlines()[0] + "\n" + before.splitlines()[1][:20])
+    run_cli(ckpts[True], qa, "out.jsonl", "--protocol", "greedy")
+    assert (qa / "out.jsonl").read_text() == before
+
+
+def test_cli_paper_protocol_repeats_whatever_the_chunking(ckpts, qa):
+    single = run_cli(ckpts[True], qa, "single.jsonl", "--seed", "7")
+    chunked = [line for idx in range(2)
+               for line in run_cli(ckpts[True], qa, f"2_{idx}.jsonl", "--seed", "7", "--num-chunks", "2", "--chunk-idx", str(idx))]
+    assert chunked == single  # separate runs, other chunks: per-question seeds, answers joined by id in every chunk
+
+
+def test_cli_stops_when_no_video_is_found(ckpts, qa):
+    with pytest.raises(InputError, match="missing or unreadable"):
+        run_cli(ckpts[True], qa, "x.jsonl", "--video-prefix", "v_")
+
+
+def test_cli_help_covers_every_flag():
+    parser = cli.build_parser()
+    flags = {opt for action in parser._actions for opt in action.option_strings if action.help}
+    for flag in ("--model-path", "--model-base", "--video-dir", "--gt-file-question", "--gt-file-answers", "--answers-file",
+                 "--num-chunks", "--chunk-idx", "--visual-token-num", "--pruning-method", "--protocol", "--seed",
+                 "--conv-mode", "--max-new-tokens", "--device", "--limit"):
+        assert flag in flags
+    defaults = parser.parse_args(["--model-path", "m", "--video-dir", "v", "--gt-file-question", "q",
+                                  "--gt-file-answers", "a", "--answers-file", "o"])
+    assert (defaults.protocol, defaults.conv_mode, defaults.max_new_tokens, defaults.pruning_method) == \
+        ("paper", "llava_v1", 1024, "fastervlm")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--pruning-method", "random"])
+
+
+def test_qa_files_must_pair_up(tmp_path):
+    q = [{"video_name": "a", "question": "q?", "question_id": "v_a_0"}, {"video_name": "b", "question": "q?", "question_id": 7}]
+    (tmp_path / "q.json").write_text(json.dumps(q))
+    (tmp_path / "a.json").write_text(json.dumps([{"answer": "x", "question_id": 7}, {"answer": "y", "question_id": "v_a_0"}]))
+    assert [(it.question_id, it.answer) for it in cli.load_items(tmp_path / "q.json", tmp_path / "a.json")] == \
+        [("v_a_0", "y"), (7, "x")]
+    (tmp_path / "a.json").write_text(json.dumps([{"answer": "x", "question_id": 7}]))
+    with pytest.raises(InputError, match="no answer for 1 question"):
+        cli.load_items(tmp_path / "q.json", tmp_path / "a.json")
+    (tmp_path / "a.json").write_text(json.dumps([{"answer": "x", "question_id": 7}, {"answer": "z", "question_id": "7"}]))
+    with pytest.raises(InputError, match="duplicate question_id"):
+        cli.load_items(tmp_path / "q.json", tmp_path / "a.json")
+
+
+@pytest.mark.parametrize("folder,videos", [("TGIF_Zero_Shot_QA", 1000), ("MSVD_Zero_Shot_QA", 34),
+                                           ("MSRVTT_Zero_Shot_QA", 42), ("Activitynet_Zero_Shot_QA", 543)])
+def test_shared_1k_files_join_by_question_id(shared_dir, folder, videos):
+    base = shared_dir / "video-qa-1k" / folder
+    items = cli.load_items(base / "test_q_1k.json", base / "test_a_1k.json")
+    answers = {a["question_id"]: a["answer"] for a in json.loads((base / "test_a_1k.json").read_text())}
+    assert len(items) == 1000 and all(answers[it.question_id] == it.answer for it in items)
+    assert len({it.video_name for it in items}) == videos
+
+
+# ---------------------------------------------------------------- scripts
+
+def test_run_script_activitynet_end_to_end(ckpts, tmp_path):
+    """run_qa_activitynet.sh: upstream's folder layout, the v_ file prefix, sharded inference merged."""
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(ckpts[True], ckpt_dir / "Video-LLaVA-tiny")
+    qa_dir = tmp_path / "eval/GPT_Zero_Shot_QA/Activitynet_Zero_Shot_QA"
+    (qa_dir / "all_test").mkdir(parents=True)
+    write_video(qa_dir / "all_test/v_xyz.mp4", 9)
+    (qa_dir / "test_q_1k.json").write_text(json.dumps([{"video_name": "xyz", "question": "why", "question_id": "v_xyz_3"}]))
+    (qa_dir / "test_a_1k.json").write_text(json.dumps([{"answer": "no", "type": 3, "question_id": "v_xyz_3"}]))
+    env = {**os.environ, "CKPT": "Video-LLaVA-tiny", "CKPT_DIR": str(ckpt_dir), "EVAL_DIR": str(tmp_path / "eval"),
+           "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", "EXTRA_ARGS": "--device cpu --max-new-tokens 4"}
+    result = subprocess.run(["bash", str(ROOT / "scripts/video/eval/run_qa_activitynet.sh"), "26"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = qa_dir / "answers/Video-LLaVA-tiny/fastervlm/n_26/merge.jsonl"
+    assert [json.loads(l)["id"] for l in merged.read_text().splitlines()] == ["v_xyz_3"]
+    assert "Average number of visual tokens: 208.00" in result.stdout
+
+
+def test_scripts_are_one_liners_over_the_shared_functions():
+    folder = ROOT / "scripts/video/eval"
+    for kind, function in (("run_qa", "run_video_qa"), ("eval_qa", "eval_video_qa")):
+        for ds in ("tgif", "msvd", "msrvtt", "activitynet"):
+            body = [l for l in (folder / f"{kind}_{ds}.sh").read_text().splitlines() if l and not l.startswith("#")]
+            assert body == ['source "$(dirname "$0")/_video_qa.sh"', f'{function} {ds} "$@"']
+    assert subprocess.run(["bash", "-n", str(folder / "_video_qa.sh")]).returncode == 0
