@@ -306,6 +306,7 @@ def test_cli_paper_protocol_repeats_whatever_the_chunking(ckpts, qa):
     chunked = [line for idx in range(2)
                for line in run_cli(ckpts[True], qa, f"2_{idx}.jsonl", "--seed", "7", "--num-chunks", "2", "--chunk-idx", str(idx))]
     assert chunked == single  # separate runs, other chunks: per-question seeds, answers joined by id in every chunk
+    assert run_cli(ckpts[True], qa, "limit.jsonl", "--seed", "7", "--limit", "1") == single[:1]
 
 
 def test_cli_stops_when_no_video_is_found(ckpts, qa):

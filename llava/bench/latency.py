@@ -5,17 +5,18 @@
     python -m llava.bench.latency --random-arch llama-7b --layers 2 --compare upstream --json out.json
 
 For each budget (default: all N patches, then 50/25/10/5 % of them rounded as the paper does, i.e.
-576 288 144 58 29 for a 336-px CLIP-L tower) the harness warms up, then times ``--repeats`` runs of:
+576 288 144 58 29 for a 336-px CLIP-L tower) the harness times, in rounds in which every budget runs
+once (the first ``--warmup`` rounds untimed):
 
 * prefill: one forward over the prompt and the image (vision tower, [CLS] scoring, top-k, projector, LLM
   prefill) up to the first token's logits;
 * decode: ``--new-tokens`` − 1 greedy steps on the prefill's KV cache → time per output token (TPOT);
 * end to end: ``model.generate`` of exactly ``--new-tokens`` tokens (EOS suppressed);
 
-and reports medians, peak memory, and each ratio to the unpruned model of the same run. The
-FLOPs-limit speed-up (``llava.bench.flops``: LLM prefill over text + visual tokens plus the vision
-tower) is the bound for a compute-bound prefill; measured ratios fall short of it where fixed costs
-(vision tower, launch overhead, decode-time weight reads) dominate.
+and reports medians over the ``--repeats`` timed rounds, peak memory, and each ratio to the unpruned
+model of the same run. The FLOPs-limit speed-up (``llava.bench.flops``: LLM prefill over text + visual
+tokens plus every vision tower layer) is the bound for a compute-bound prefill; measured ratios fall
+short of it where fixed costs (vision tower, launch overhead, decode-time weight reads) dominate.
 
 The prompt is ``--text-tokens`` random token ids with the image placeholder after the first 35 (the
 vicuna_v1 system prompt's length); latency depends on lengths only. The image is a fixed random
@@ -251,44 +252,61 @@ class Row:
 
 
 @torch.inference_mode()
-def measure(model, ids, images, image_sizes, kept: int | None, warmup: int, repeats: int, new_tokens: int,
-            memory: PeakMemory) -> Row:
-    """Time one budget (``kept`` per crop; None = unpruned, reported as ``kept_per_crop`` = N)."""
+def run_once(model, ids, images, image_sizes, new_tokens: int) -> tuple[float, float, float, int]:
+    """One prefill, one decode and one ``generate`` at the model's current budget.
+
+    Returns prefill ms, ms per decoded token, end-to-end ms and the visual tokens spliced.
+    """
     device = ids.device
-    model.set_visual_token_num(kept)
+    t_prefill, out = timed(lambda: model(ids, images=images, image_sizes=image_sizes, use_cache=True,
+                                         logits_to_keep=1), device)
+    visual = model.last_pruning.visual_tokens[0]
 
-    def prefill():
-        return model(ids, images=images, image_sizes=image_sizes, use_cache=True, logits_to_keep=1)
-
-    def decode(out):
+    def decode():
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
         for _ in range(new_tokens - 1):
-            out = model(token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            step = model(token, past_key_values=cache, use_cache=True)
+            cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
 
-    def generate():
-        return model.generate(ids, images=images, image_sizes=image_sizes, do_sample=False, num_beams=1,
-                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True)
+    t_decode, _ = timed(decode, device)
+    del out  # free the prefill's KV cache before generate builds its own
+    t_e2e, generated = timed(lambda: model.generate(
+        ids, images=images, image_sizes=image_sizes, do_sample=False, num_beams=1, max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, use_cache=True), device)
+    if generated.shape[1] != new_tokens:
+        raise RuntimeError(f"generate returned {generated.shape[1]} tokens, expected {new_tokens}")
+    return t_prefill * 1e3, t_decode * 1e3 / (new_tokens - 1), t_e2e * 1e3, visual
 
-    runs: list[tuple[float, float, float]] = []
-    memory.start()
-    for i in range(warmup + repeats):
-        t_prefill, out = timed(prefill, device)
-        t_decode, _ = timed(lambda: decode(out), device)
-        t_e2e, generated = timed(generate, device)
-        if generated.shape[1] != new_tokens:
-            raise RuntimeError(f"generate returned {generated.shape[1]} tokens, expected {new_tokens}")
-        if i >= warmup:
-            runs.append((t_prefill * 1e3, t_decode * 1e3 / (new_tokens - 1), t_e2e * 1e3))
-        del out
-    peak = memory.stop()
-    prefill_ms, tpot_ms, e2e_ms = zip(*runs)
-    info = model.last_pruning
-    return Row(kept_per_crop=model.get_vision_tower().num_patches if kept is None else kept,
-               visual_tokens=info.visual_tokens[0], reduction_pct=0.0,
-               prefill_ms=statistics.median(prefill_ms), tpot_ms=statistics.median(tpot_ms),
-               e2e_ms=statistics.median(e2e_ms), peak_mem_mib=peak, prefill_runs_ms=prefill_ms, tpot_runs_ms=tpot_ms,
-               e2e_runs_ms=e2e_ms)
+
+def measure(model, ids, images, image_sizes, budgets: Sequence[int | None], warmup: int, repeats: int,
+            new_tokens: int, memory: PeakMemory) -> list[Row]:
+    """Time every budget (kept per crop; None = unpruned), one row each.
+
+    The budgets take turns within each round rather than running back to back, so a burst of load from
+    another process lands on all of them alike instead of skewing one budget's ratios. Peak memory is
+    measured per run and the largest kept.
+    """
+    n = model.get_vision_tower().num_patches
+    runs: dict[int, list[tuple[float, float, float]]] = {i: [] for i in range(len(budgets))}
+    peaks: dict[int, list[float | None]] = {i: [] for i in range(len(budgets))}
+    visual: dict[int, int] = {}
+    for r in range(warmup + repeats):
+        for i, k in enumerate(budgets):
+            model.set_visual_token_num(k)
+            memory.start()
+            *times, visual[i] = run_once(model, ids, images, image_sizes, new_tokens)
+            peaks[i].append(memory.stop())
+            if r >= warmup:
+                runs[i].append(tuple(times))
+    rows = []
+    for i, k in enumerate(budgets):
+        prefill_ms, tpot_ms, e2e_ms = zip(*runs[i])
+        peak = None if None in peaks[i] else max(peaks[i])
+        rows.append(Row(kept_per_crop=n if k is None else k, visual_tokens=visual[i], reduction_pct=0.0,
+                        prefill_ms=statistics.median(prefill_ms), tpot_ms=statistics.median(tpot_ms),
+                        e2e_ms=statistics.median(e2e_ms), peak_mem_mib=peak, prefill_runs_ms=prefill_ms,
+                        tpot_runs_ms=tpot_ms, e2e_runs_ms=e2e_ms))
+    return rows
 
 
 def add_ratios(rows: list[Row], cfg: flops.ModelConfig, text_tokens: int) -> None:
@@ -335,11 +353,14 @@ def compare_upstream(tower, images, warmup: int, repeats: int) -> dict:
     def run_ours():
         return tower(x)
 
-    device = x.device
-    result = {}
-    for name, fn in (("plain_sdpa", run_plain), ("upstream_eager", run_upstream), ("ours", run_ours)):
-        times = [timed(fn, device)[0] * 1e3 for _ in range(warmup + repeats)][warmup:]
-        result[f"{name}_ms"] = statistics.median(times)
+    paths = {"plain_sdpa": run_plain, "upstream_eager": run_upstream, "ours": run_ours}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(warmup + repeats):  # the paths take turns, as the budgets do in ``measure``
+        for name, fn in paths.items():
+            t = timed(fn, x.device)[0] * 1e3
+            if r >= warmup:
+                times[name].append(t)
+    result = {f"{name}_ms": statistics.median(t) for name, t in times.items()}
     for name in ("upstream_eager", "ours"):
         result[f"{name}_overhead_pct"] = 100 * (result[f"{name}_ms"] / result["plain_sdpa_ms"] - 1)
     result["crops"] = x.shape[0]
@@ -397,14 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="weights and activations, tower included (default: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs per budget before timing (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per budget; medians are reported (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds (each runs every budget once) (default 2)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are reported (default 5)")
     p.add_argument("--new-tokens", type=int, default=32,
                    help="tokens generated per run, EOS suppressed (default 32; at least 2 for TPOT)")
     p.add_argument("--text-tokens", type=int, default=60,
                    help=f"prompt tokens besides the image, the image after the first {PROMPT_PREFIX} (default 60)")
     p.add_argument("--compare", choices=["upstream"], default=None,
                    help="also time upstream's eager all-attentions tower against this project's tower")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt ids and the image (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write every number (and each run's time) as JSON here")
     return p
@@ -420,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, processor, source = load_source(args, dtype)
     ids, images, image_sizes = make_inputs(model, processor, args.text_tokens, args.seed)
     crops = len(images[0]) if isinstance(images, list) else (images.shape[1] if images.ndim == 5 else 1)
@@ -432,8 +457,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     memory = PeakMemory(device)
     budgets: list[int | None] = [None] + [k for k in kept if k != n]  # a budget of N is the unpruned model
-    rows = [measure(model, ids, images, image_sizes, k, args.warmup, args.repeats, args.new_tokens, memory)
-            for k in budgets]
+    rows = measure(model, ids, images, image_sizes, budgets, args.warmup, args.repeats, args.new_tokens, memory)
     add_ratios(rows, cfg, args.text_tokens)
     compare = (compare_upstream(model.get_vision_tower(), images, args.warmup, args.repeats)
                if args.compare == "upstream" else None)
@@ -443,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {
         "source": source, "device": str(device), "device_name": device_name, "dtype": str(dtype).removeprefix("torch."),
         "model": asdict(cfg), "settings": {k: getattr(args, k) for k in
-                                           ("warmup", "repeats", "new_tokens", "text_tokens", "seed")},
+                                           ("warmup", "repeats", "new_tokens", "text_tokens", "seed", "threads")},
         "memory": memory.kind, "rows": [asdict(r) for r in rows], "compare_upstream": compare,
     }
     print(f"**{source}** on {device_name}, {result['dtype']}: {n} patches per crop x {crops} crop(s), "

@@ -11,10 +11,10 @@ overwrites the temporal weights with the spatial ones): the [CLS] row of each fr
 patches, on hidden states already mixed across frames. As in ``clip_encoder.py`` only that one query
 row is computed, everything else runs with SDPA, and layers after the selected one never run.
 
-Weights: ``model.{image,video}_tower.{image,video}_tower.*`` in the Video-LLaVA checkpoint (as
-Video-LLaVA-7B stores them), else the ``vision_model.*`` keys of the tower folder named by
-``mm_image_tower`` / ``mm_video_tower`` (what upstream loads). The tower folders' ``config.json``
-(LanguageBind's format, with a ``vision_config``) is always needed for the architecture.
+Weights: the ``vision_model.*`` keys of the tower folder named by ``mm_image_tower`` / ``mm_video_tower``
+(what upstream loads), else the copy Video-LLaVA-7B embeds as ``model.{image,video}_tower.{image,video}_tower.*``
+(see ``_LanguageBindTower.load_weights``). The tower folders' ``config.json`` (LanguageBind's format, with
+a ``vision_config``) is always needed for the architecture.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def tower_folder(name: str, base_dir: str | os.PathLike | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        # Configs only: the weights are usually in the Video-LLaVA checkpoint (see load_tower_weights).
+        # Configs only: the weights may be embedded in the Video-LLaVA checkpoint (_LanguageBindTower.load_weights).
         return Path(snapshot_download(name, allow_patterns=["*.json"]))
     except Exception as e:  # offline, unknown repo, ...: say which tower and where it was looked for
         raise OSError(f"cannot find the LanguageBind tower {name!r}: no folder {name!r} or {Path(base_dir or '.') / name}, "
