@@ -14,7 +14,9 @@ Conventions (all verified against the paper's tables):
   tables 11-13 and not in table 6; the projector, embeddings, norms and LM head are not counted.
 * KV storage = ``2 (K and V) x layers x d x n_visual x 2 bytes (fp16)``, with MB = 2**20 bytes.
 * FastV (in-LLM pruning at layer K): layers ``0..K-1`` see every visual token, layers
-  ``K..L-1`` only the kept ones, for both compute and KV cache.
+  ``K..L-1`` only the kept ones, for both compute and KV cache. The other in-LLM methods of
+  ``llava.pruning`` (``cls-llm-layer2``, ``adaptprune``) cost the same at their own layer
+  (``--in-llm NAME:K``; AdaptPrune's soft-NMS over one image is not counted).
 
 Run ``python -m llava.bench.flops --help``. Pure Python; no torch needed.
 """
@@ -260,11 +262,13 @@ class Row:
 
 def efficiency_rows(model: ModelConfig, kept: Sequence[int], *, n_text: int = 0,
                     include_vision: bool = True, fastv_k: int | None = 2,
-                    fastv_kept: Sequence[int] | None = None, bytes_per_elem: int = 2) -> list[Row]:
+                    fastv_kept: Sequence[int] | None = None, bytes_per_elem: int = 2,
+                    in_llm: Sequence[tuple[str, int]] = ()) -> list[Row]:
     """Unpruned row, then FasterVLM and (unless ``fastv_k`` is None) FastV rows per budget.
 
-    ``n_text=0`` and ``include_vision=True`` reproduce tables 11-13; table 6 omits the
-    vision encoder.
+    ``in_llm``: ``(method, K)`` of further in-LLM methods, each a FastV-like row at its layer K
+    with FasterVLM's budget. ``n_text=0`` and ``include_vision=True`` reproduce tables 11-13;
+    table 6 omits the vision encoder.
     """
     n_vis = model.visual_tokens
     vis = vision_encoder_flops(model) if include_vision else 0.0
@@ -285,6 +289,9 @@ def efficiency_rows(model: ModelConfig, kept: Sequence[int], *, n_text: int = 0,
             fl = fastv_prefill_flops(model, n_text, n_vis, ft, fastv_k) + vis
             rows.append(row(f"FastV (K={fastv_k})", ft, fl,
                             fastv_kv_cache_mb(model, n_vis, ft, fastv_k, bytes_per_elem)))
+        for name, k in in_llm:
+            fl = fastv_prefill_flops(model, n_text, n_vis, t, k) + vis
+            rows.append(row(f"{name} (K={k})", t, fl, fastv_kv_cache_mb(model, n_vis, t, k, bytes_per_elem)))
         fl = llm_prefill_flops(model, n_text + t) + vis
         rows.append(row("FasterVLM", t, fl, kv_cache_mb(model, t, bytes_per_elem)))
     return rows
@@ -301,6 +308,14 @@ def to_markdown(rows: Sequence[Row]) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _in_llm_method(text: str) -> tuple[str, int]:
+    """``NAME:K`` → ``(NAME, K)`` for ``--in-llm``."""
+    name, sep, k = text.rpartition(":")
+    if not sep or not name or not k.isdigit():
+        raise argparse.ArgumentTypeError(f"expected METHOD:K (e.g. adaptprune:2), got {text!r}")
+    return name, int(k)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fastv-kept", type=int, nargs="+", metavar="T",
                    help="FastV's kept tokens R per budget (default: the same as FasterVLM's)")
     p.add_argument("--no-fastv", action="store_true", help="omit the FastV rows")
+    p.add_argument("--in-llm", nargs="+", default=[], metavar="METHOD:K", type=_in_llm_method,
+                   help="further in-LLM pruning methods, costed like FastV at their layer K, "
+                        "e.g. cls-llm-layer2:2 adaptprune:2")
     p.add_argument("--vision-encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="count the ViT's FLOPs (tables 11-13 do; table 6 does not)")
     p.add_argument("--crops", type=int,
@@ -373,13 +391,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = efficiency_rows(model, kept, n_text=args.text_tokens,
                                include_vision=args.vision_encoder,
                                fastv_k=None if args.no_fastv else args.fastv_k,
-                               fastv_kept=args.fastv_kept, bytes_per_elem=args.kv_bytes)
+                               fastv_kept=args.fastv_kept, bytes_per_elem=args.kv_bytes,
+                               in_llm=args.in_llm)
     except ValueError as e:
         raise SystemExit(str(e)) from e
     if args.json:
         json.dump({"model": asdict(model), "text_tokens": args.text_tokens,
                    "vision_encoder": args.vision_encoder,
                    "fastv_k": None if args.no_fastv else args.fastv_k,
+                   "in_llm": dict(args.in_llm),
                    "mb": "MiB (2**20 bytes)", "rows": [asdict(r) for r in rows]},
                   sys.stdout, indent=2)
         print()

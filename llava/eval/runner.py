@@ -25,8 +25,9 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import conv_templates
 from llava.eval.utils import InputError
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
+from llava.pruning import available_methods, cli_parameters, get_method, method_parameters
 
-PRUNING_METHODS = ("fastervlm",)
+PRUNING_METHODS = available_methods()
 
 
 @dataclass
@@ -58,11 +59,16 @@ def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temper
     parser.add_argument("--visual-token-num", type=int, default=None,
                         help="[FasterVLM] visual tokens kept per image (576 = all for LLaVA-1.5); default: no pruning")
     parser.add_argument("--pruning-method", type=str, default="fastervlm", choices=PRUNING_METHODS,
-                        help="how visual tokens are chosen (default fastervlm)")
+                        help="how visual tokens are chosen (default fastervlm; the others are baselines and the "
+                             "paper's ablations, see llava/pruning/README.md)")
+    for p in cli_parameters():  # each method's own options, e.g. --fastv-k
+        defaults = ", ".join(f"{name}: {value}" for name, value in p.defaults.items())
+        parser.add_argument(p.flag, type=p.type, choices=p.choices, default=None, help=f"{p.help} (default {defaults})")
     parser.add_argument("--anyres-protocol", choices=["paper", "vanilla"], default=None,
                         help="LLaVA-NeXT only: 'paper' (fixed 672x672 grid, no newline tokens; the default when pruning) "
                              "or 'vanilla' (LLaVA-NeXT's own grid choice and spatial_unpad merge)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (matters only when sampling)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed (matters when sampling, and for --pruning-method random)")
     parser.add_argument("--device", type=str, default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                         help="LLM dtype (default float16 on CUDA, the paper's protocol; float32 on CPU)")
@@ -119,10 +125,31 @@ def build_prompt(question: str, has_image: bool, conv_mode: str, mm_use_im_start
     return conv.get_prompt()
 
 
+def pruning_kwargs(args) -> dict:
+    """The parameters of ``--pruning-method`` from its flags; a flag of another method is an error."""
+    kwargs = {}
+    for p in cli_parameters():
+        value = getattr(args, p.flag.lstrip("-").replace("-", "_"))
+        if value is None:
+            continue
+        if args.pruning_method not in p.defaults:
+            raise InputError(f"{p.flag} applies to --pruning-method {' or '.join(p.defaults)}, "
+                             f"not {args.pruning_method}")
+        kwargs[p.param] = value
+    if "seed" in method_parameters(args.pruning_method):
+        kwargs["seed"] = args.seed
+    try:
+        get_method(args.pruning_method, **kwargs)  # bad values fail here, before any weights load
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return kwargs
+
+
 def _load_model(args):
     from llava.model.builder import check_visual_token_num, load_pretrained_model
 
     check_visual_token_num(args.model_path, args.visual_token_num)  # fail before loading weights
+    method_kwargs = pruning_kwargs(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs = {"attn_implementation": args.attn_implementation}
     if args.dtype:
@@ -130,7 +157,8 @@ def _load_model(args):
     model_name = get_model_name_from_path(os.path.expanduser(args.model_path))
     tokenizer, model, processor, _ = load_pretrained_model(
         os.path.expanduser(args.model_path), args.model_base, model_name, device=device,
-        visual_token_num=args.visual_token_num, anyres_protocol=args.anyres_protocol, **kwargs)
+        visual_token_num=args.visual_token_num, anyres_protocol=args.anyres_protocol,
+        pruning_method=args.pruning_method, pruning_kwargs=method_kwargs, **kwargs)
     return tokenizer, model, processor, model_name
 
 

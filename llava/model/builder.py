@@ -16,6 +16,7 @@ from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
 from llava.model.video_llava import is_video_llava, load_video_llava
+from llava.pruning import get_method
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 # transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
@@ -101,7 +102,7 @@ def load_tokenizer(model_path: str | os.PathLike):
 
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
                           device_map="auto", device="cuda", use_flash_attn=False, visual_token_num=None,
-                          anyres_protocol=None, **kwargs):
+                          anyres_protocol=None, pruning_method="fastervlm", pruning_kwargs=None, **kwargs):
     """Load a LLaVA checkpoint: ``(tokenizer, model, image_processor, context_len)``.
 
     ``visual_token_num`` [FasterVLM]: visual tokens kept per image (per crop for LLaVA-NeXT); None keeps all.
@@ -114,10 +115,15 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     ``mm_vision_tower`` (as upstream's ``device_map='auto'`` loads it) and the LLM's dtype when its
     weights live in the checkpoint.
     ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    ``pruning_method`` [FasterVLM]: how the ``visual_token_num`` tokens are chosen, a name from
+    ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters.
     [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
     whose third value is a ``{"image", "video"}`` processor dict.
     """
+    method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
     if is_video_llava(model_path):
+        if method.name != "fastervlm":
+            raise NotImplementedError(f"pruning method {method.name!r}: Video-LLaVA supports only fastervlm")
         return load_video_llava(model_path, model_base, load_8bit, load_4bit, device_map, device, use_flash_attn,
                                 visual_token_num, **kwargs)
     if model_base is not None:
@@ -163,6 +169,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if missing:
         raise ValueError(f"{model_path}: the checkpoint lacks {len(missing)} multimodal weights, e.g. {missing[:3]}")
     model.set_visual_token_num(visual_token_num)
+    model.set_pruning_method(method)
 
     if getattr(config, "mm_use_im_patch_token", False):
         tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)

@@ -14,6 +14,9 @@ from llava.mm_utils import (ANYRES_PROTOCOLS, anyres_grid_pinpoints, check_image
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.languagebind import build_languagebind_towers
 from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.pruning import InLLMPruningMethod, PruningMethod, get_method
+# [FasterVLM] The top-k lives with the pruning methods; re-exported here, where it always was.
+from llava.pruning.base import select_topk_raster  # noqa: F401
 
 
 # How LLaVA-NeXT lays out the tokens of its crops (``mm_patch_merge_type``).
@@ -62,10 +65,15 @@ class PruningInfo:
     of all images of the batch in order. For vanilla ``spatial_unpad`` this is before unpadding, which
     then drops the selected patches that lie on padding.
     ``crops_per_image``: how many crops of ``kept_indices`` / ``cls_attn`` belong to each image.
-    ``cls_attn``: (total_crops, N) head-mean [CLS] attention before pruning.
+    ``cls_attn``: (total_crops, N) head-mean [CLS] attention before pruning; None for a pruning method that
+    does not use it.
     ``token_sources[i]``: (L_i,) where each visual token of image ``i`` comes from, in sequence order:
     ``crop * N + patch`` within that image, or -1 for an ``image_newline`` token.
     ``visual_tokens``: visual tokens (newlines included) spliced into each sequence of the batch.
+    ``visual_spans[i]``: ``(row, start, end)``: image ``i``'s tokens fill ``[start, end)`` of batch row ``row``
+    of the padded sequence (how in-LLM pruning finds the image, whatever the prompt template).
+    ``llm_layer``: for an in-LLM pruning method (``llava.pruning``), the decoder layer from which only
+    ``kept_indices`` remain, set by the prefill that pruned; every patch of ``token_sources`` enters the LLM.
     """
 
     kept_indices: list[torch.Tensor] = field(default_factory=list)
@@ -73,6 +81,8 @@ class PruningInfo:
     cls_attn: torch.Tensor | None = None
     token_sources: list[torch.Tensor] = field(default_factory=list)
     visual_tokens: list[int] = field(default_factory=list)
+    visual_spans: list[tuple[int, int, int]] = field(default_factory=list)
+    llm_layer: int | None = None
 
     def kept_indices_per_image(self) -> list[torch.Tensor]:
         """``kept_indices`` grouped per image: one (crops_i, k) tensor each."""
@@ -81,17 +91,6 @@ class PruningInfo:
             groups.append(torch.stack(self.kept_indices[start:start + n]))
             start += n
         return groups
-
-
-def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row, returned in ascending (raster) order.
-
-    ``scores``: (B, N) → (B, k). Sorting restores the original spatial order of the kept patches.
-    """
-    n = scores.shape[-1]
-    if not 0 <= k <= n:
-        raise ValueError(f"visual_token_num={k} is out of range: the vision tower yields {n} patches per image")
-    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
 
 
 def unpadded_bounds(height: int, width: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -160,6 +159,8 @@ class LlavaMetaForCausalLM(ABC):
     # [FasterVLM] None keeps every patch (vanilla LLaVA); an int keeps that many per image.
     visual_token_num: int | None = None
     last_pruning: PruningInfo | None = None
+    # [FasterVLM] How the visual_token_num tokens are chosen (``llava.pruning``); FasterVLM unless set.
+    pruning_method: PruningMethod = get_method("fastervlm")
 
     @abstractmethod
     def get_model(self):
@@ -188,18 +189,38 @@ class LlavaMetaForCausalLM(ABC):
             raise ValueError(f"visual_token_num must be None or a non-negative integer, got {visual_token_num!r}")
         self.visual_token_num = None if visual_token_num is None else int(visual_token_num)
 
-    def select_crop_tokens(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[FasterVLM] Run the tower on (B, 3, H, W) crops and pick each crop's own top-k.
+    def get_pruning_method(self) -> PruningMethod:
+        return self.pruning_method
 
-        Returns the tower features (B, N, C), the kept raster indices (B, k) and the scores (B, N).
+    def set_pruning_method(self, method: str | PruningMethod, **params) -> None:
+        """[FasterVLM] Choose how visual tokens are pruned: a registered name (``llava.pruning.available_methods()``)
+        with its parameters, or a method instance. ``set_visual_token_num`` still sets the budget."""
+        if isinstance(method, str):
+            method = get_method(method, **params)
+        elif params:
+            raise ValueError("parameters go with a method name, not with a method instance")
+        if isinstance(method, InLLMPruningMethod):
+            from llava.pruning.llm import check_supported
+
+            check_supported()
+        self.pruning_method = method
+
+    def select_crop_tokens(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """[FasterVLM] Run the tower on (B, 3, H, W) crops and let the pruning method pick each crop's own top-k.
+
+        Returns the features (B, N, C) to gather from (a merging method rewrites the kept rows), the kept raster
+        indices (B, k) and the head-mean [CLS] scores (B, N), None if the method needs no [CLS] attention.
+        An in-LLM method keeps every patch here: it prunes inside the LLM.
         """
-        features, cls_attn = self.get_vision_tower()(crops)  # (B, N, C), (B, heads, N)
-        scores = cls_attn.mean(dim=1)  # (B, N): unweighted head mean, in the image dtype as upstream
+        method = self.get_pruning_method()
+        tower = self.get_vision_tower()(crops, request=method.tower_request)
+        # (B, N): unweighted head mean, in the image dtype as upstream
+        scores = tower.cls_scores if tower.cls_attn is not None else None
         k = self.visual_token_num
         if k is None or self.get_model().config.mm_vision_select_feature != "patch":
-            keep = torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1)
-        else:
-            keep = select_topk_raster(scores, k)
+            keep = torch.arange(tower.features.shape[1], device=tower.features.device)
+            return tower.features, keep.expand(tower.features.shape[0], -1), scores
+        features, keep = method.select_patches(tower, k)
         return features, keep, scores
 
     def encode_images(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -258,7 +279,7 @@ class LlavaMetaForCausalLM(ABC):
         features, keep, scores = self.select_crop_tokens(torch.cat(images))  # (ΣN_i crops, N, C), (Σ, k), (Σ, N)
         tower = self.get_vision_tower()
         crop_px, N = tower.config.image_size, features.shape[1]
-        keep_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, keep, True)  # (Σ crops, N)
+        keep_mask = torch.zeros(features.shape[:2], dtype=torch.bool, device=features.device).scatter_(1, keep, True)
 
         pinpoints = anyres_grid_pinpoints(config, crop_px)
         sources, start = [], 0
@@ -322,6 +343,7 @@ class LlavaMetaForCausalLM(ABC):
 
         embed_tokens = self.get_model().embed_tokens
         new_embeds, new_labels, visual_counts = [], [], []
+        visual_spans = []  # [FasterVLM] (row, start, end) of each image in its unpadded sequence
         image_idx = 0
         for cur_ids, cur_labels, cur_mask in zip(input_ids, labels, attention_mask):
             cur_ids, cur_labels = cur_ids[cur_mask], cur_labels[cur_mask]  # drop padding
@@ -338,6 +360,8 @@ class LlavaMetaForCausalLM(ABC):
                         raise ValueError(f"the prompts hold more <image> placeholders than the {len(image_features)} images given")
                     feats = image_features[image_idx].to(chunk.dtype)
                     image_idx += 1
+                    start = sum(piece.shape[0] for piece in pieces)
+                    visual_spans.append((len(new_embeds), start, start + feats.shape[0]))
                     pieces.append(feats)
                     piece_labels.append(torch.full((feats.shape[0],), IGNORE_INDEX, device=cur_labels.device,
                                                    dtype=cur_labels.dtype))
@@ -367,6 +391,11 @@ class LlavaMetaForCausalLM(ABC):
             span = slice(longest - n, longest) if left else slice(0, n)
             embeds[i, span], out_labels[i, span], attention_mask[i, span] = x, y, True
             position_ids[i, span] = torch.arange(n, device=position_ids.device)
+        # [FasterVLM] The spans in the padded batch: shifted by left padding, cut by the truncation above.
+        lengths = [x.shape[0] for x in new_embeds]
+        shifts = [longest - n if left else 0 for n in lengths]
+        self.last_pruning.visual_spans = [(row, min(start, lengths[row]) + shifts[row], min(end, lengths[row]) + shifts[row])
+                                          for row, start, end in visual_spans]
 
         return (None,
                 None if _position_ids is None else position_ids,

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError(f"{model_path}: not a Video-LLaVA checkpoint (its config.json names no mm_video_tower)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer, model, processor, _ = load_pretrained_model(model_path, args.model_base, device=device,
-                                                           visual_token_num=args.visual_token_num)
+                                                           visual_token_num=args.visual_token_num,
+                                                           pruning_method=args.pruning_method)
     video_processor = processor["video"]
     video_processor.backend = args.video_backend
     conv = conv_templates[args.conv_mode]

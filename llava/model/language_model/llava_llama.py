@@ -5,6 +5,7 @@ import torch
 import transformers
 from packaging import version
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
@@ -23,6 +24,8 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaConfig
+    # [FasterVLM] In-LLM pruning: what the last pruned prefill left for the decode steps on its cache.
+    _pruned_cache = None  # llava.pruning.llm.PrunedCache | None
 
     def __init__(self, config, visual_token_num: int | None = None, anyres_protocol: str | None = None):
         super(LlamaForCausalLM, self).__init__(config)
@@ -49,9 +52,74 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
                                                                  past_key_values, labels, images, image_sizes)
+        step = self._llm_pruning_step(inputs_embeds, past_key_values)  # [FasterVLM] FastV and other in-LLM methods
+        if step is not None:
+            return self._forward_llm_pruning(step, input_ids, attention_mask, position_ids, past_key_values,
+                                             inputs_embeds, labels, use_cache, **kwargs)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
                                use_cache=use_cache, **kwargs)
+
+    def _llm_pruning_step(self, inputs_embeds, past_key_values) -> str | None:
+        """[FasterVLM] How an in-LLM pruning method takes this call: ``"prefill"`` (the first forward after a splice
+        with images, on an empty cache), ``"decode"`` (a step on the cache that prefill pruned) or None (plain LLaMA:
+        a before-LLM method, no budget, no images, or a splice already pruned)."""
+        if self.get_pruning_method().llm_layer is None:
+            return None
+        pruned = self._pruned_cache
+        if pruned is not None and past_key_values is not None and pruned.cache() is past_key_values:
+            return "decode"
+        info = self.last_pruning
+        if (self.visual_token_num is not None and inputs_embeds is not None and info is not None and info.visual_spans
+                and info.llm_layer is None and (past_key_values is None or past_key_values.get_seq_length() == 0)):
+            return "prefill"
+        return None
+
+    def _forward_llm_pruning(self, step, input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                             labels, use_cache, logits_to_keep=0, **kwargs) -> CausalLMOutputWithPast:
+        """[FasterVLM] LlamaForCausalLM's forward through ``llava.pruning.llm``'s decoder loop.
+
+        At prefill the logits (and the labels they are scored against) cover only the positions that layers ≥ K
+        kept; ``last_pruning.kept_indices`` then holds the surviving patches and ``last_pruning.llm_layer`` K.
+        """
+        from llava.pruning import llm
+
+        for flag in ("output_attentions", "output_hidden_states"):
+            if kwargs.pop(flag, False):
+                raise NotImplementedError(f"{flag} is not supported with an in-LLM pruning method")
+        kwargs.pop("return_dict", None)
+        model = self.get_model()
+        if inputs_embeds is None:
+            inputs_embeds = model.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if step == "decode":
+            outputs = llm.decode(model, self._pruned_cache, inputs_embeds, attention_mask, position_ids,
+                                 past_key_values, use_cache, **kwargs)
+        else:
+            info, method = self.last_pruning, self.get_pruning_method()
+            prompts, batch = len(info.visual_tokens), inputs_embeds.shape[0]
+            if batch % prompts or max(end for _, _, end in info.visual_spans) > inputs_embeds.shape[1]:
+                raise ValueError("the embeddings do not match the last splice with images")
+            images = llm.image_tokens(info.visual_spans, info.token_sources, info.crops_per_image, info.cls_attn,
+                                      self.get_vision_tower().num_patches, batch, prompts)
+            result = llm.prefill(model, method, images, self.visual_token_num, inputs_embeds, attention_mask,
+                                 position_ids, past_key_values, use_cache, **kwargs)
+            outputs, self._pruned_cache = result.outputs, result.pruned_cache
+            # Beam search repeats each prompt's row; record the first copy of each image.
+            info.kept_indices = llm.kept_patches(images[::batch // prompts], result.keep)
+            info.llm_layer = method.llm_layer
+            if labels is not None:
+                labels = labels.gather(1, result.kept_positions)
+        hidden = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:]  # 0 keeps all
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs) -> torch.LongTensor:

@@ -6,6 +6,8 @@ keys. Rather than asking HF CLIP for every attention map (eager attention, 24 fu
 and silently ``None`` under SDPA from transformers 4.57 on), the tower runs CLIP's layers itself:
 SDPA everywhere, one extra ``(1 × N)`` query row in the selected layer, and no layer after it.
 ``tests/test_clip_encoder.py`` proves this equal to ``CLIPVisionModel(output_attentions=True)``.
+Baseline pruning methods (``llava.pruning``) may instead request that layer's attention keys or its full
+patch → patch attention; the tower computes only what the request names.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from llava.pruning.base import TowerOutputs, TowerRequest
 
 try:  # transformers >= 5 splits the PIL processor out; the default one there needs torchvision.
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -59,8 +63,31 @@ def cls_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=-1).squeeze(2).to(x.dtype)
 
 
+def attention_keys(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[FasterVLM] The attention keys of ``layer`` for its input ``x`` (B, 1+N, C), per head: (B, H, 1+N, D)."""
+    attn = layer.self_attn
+    B, T, _ = x.shape
+    return attn.k_proj(layer.layer_norm1(x)).view(B, T, attn.num_heads, attn.head_dim).transpose(1, 2)
+
+
+def patch_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[FasterVLM] Post-softmax attention of every patch query over the patch keys in ``layer``, per head.
+
+    ``x`` is the layer's input (B, 1+N, C); returns (B, H, N, N). As in :func:`cls_attention`, the fp32
+    softmax runs over all 1+N keys and the [CLS] column is dropped afterwards without renormalising.
+    """
+    attn = layer.self_attn
+    h = layer.layer_norm1(x)
+    B, T, _ = h.shape
+    q = attn.q_proj(h[:, 1:]).view(B, T - 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, N, D)
+    k = attn.k_proj(h).view(B, T, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1+N, D)
+    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scale  # (B, H, N, 1+N)
+    return logits.softmax(dim=-1)[..., 1:].to(x.dtype)
+
+
 class CLIPVisionTower(nn.Module):
-    """LLaVA's ``CLIPVisionTower``; ``forward`` returns ``(features, cls_attn)``.
+    """LLaVA's ``CLIPVisionTower``; ``forward`` returns ``(features, cls_attn)`` (or, asked by a pruning method,
+    a ``TowerOutputs``).
 
     ``features``: (B, N, C) patch features of the selected layer (``patch``) or (B, 1+N, C) (``cls_patch``).
     ``cls_attn``: [FasterVLM] (B, H, N) [CLS]→patch attention of that same layer, per head.
@@ -121,8 +148,12 @@ class CLIPVisionTower(nn.Module):
         return index
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``images``: (B, 3, H, W) → features (B, N, C) and [CLS] attention (B, H, N), in ``images.dtype``."""
+    def forward(self, images: torch.Tensor, request: TowerRequest | None = None):
+        """``images``: (B, 3, H, W) → features (B, N, C) and [CLS] attention (B, H, N), in ``images.dtype``.
+
+        [FasterVLM] With a pruning method's ``request``, returns a :class:`TowerOutputs` instead, holding the
+        features and only the requested maps of the selected layer (``llava.pruning``).
+        """
         # transformers 5 flattened CLIPVisionModel; 4.x nests the same modules under .vision_model.
         vm = getattr(self.vision_tower, "vision_model", self.vision_tower)
         x = vm.pre_layrnorm(vm.embeddings(images.to(device=self.device, dtype=self.dtype)))  # (B, 1+N, C)
@@ -130,10 +161,19 @@ class CLIPVisionTower(nn.Module):
         for layer in vm.encoder.layers[:index]:
             x = _clip_layer(layer, x)
         selected = vm.encoder.layers[index]
-        attn = cls_attention(selected, x)[:, :, 1:]  # [FasterVLM] (B, H, N): drop the CLS→CLS column
+        maps = {}
+        if request is None or request.cls_attn:
+            maps["cls_attn"] = cls_attention(selected, x)[:, :, 1:]  # [FasterVLM] (B, H, N): drop the CLS→CLS column
+        if request is not None and request.keys:
+            maps["keys"] = attention_keys(selected, x)[:, :, 1:]  # (B, H, N, D)
+        if request is not None and request.patch_attn:
+            maps["patch_attn"] = patch_attention(selected, x)  # (B, H, N, N)
         x = _clip_layer(selected, x)  # layers after the selected one never reach LLaVA, so they never run
-        features = x[:, 1:] if self.select_feature == "patch" else x
-        return features.to(images.dtype), attn.to(images.dtype)
+        features = (x[:, 1:] if self.select_feature == "patch" else x).to(images.dtype)
+        maps = {name: value.to(images.dtype) for name, value in maps.items()}
+        if request is None:
+            return features, maps["cls_attn"]
+        return TowerOutputs(features, **maps)
 
     @property
     def dtype(self) -> torch.dtype:
