@@ -150,3 +150,19 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                    "--vision-intermediate", "16", "--vision-image-size", "8",
                    "--vision-patch-size", "2", "--kept", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"][0]["tokens"] == 16
+
+
+def test_in_llm_method_rows_cost_like_fastv_at_their_layer(capsys: pytest.CaptureFixture[str]) -> None:
+    model = F.PRESETS["llava-v1.5-7b"]
+    rows = F.efficiency_rows(model, [58], fastv_k=2, in_llm=[("cls-llm-layer2", 2), ("adaptprune", 3)])
+    by_method = {r.method: r for r in rows}
+    fastv, cls2, adapt = by_method["FastV (K=2)"], by_method["cls-llm-layer2 (K=2)"], by_method["adaptprune (K=3)"]
+    assert (cls2.flops_t, cls2.kv_storage_mb, cls2.tokens) == (fastv.flops_t, fastv.kv_storage_mb, 58)
+    # One more layer over all 576 visual tokens: (3·576 + 29·58)/32 tokens of KV, 0.5 MiB each.
+    assert adapt.kv_storage_mb == pytest.approx((3 * 576 + 29 * 58) / 32 * 0.5)
+    assert adapt.flops_t > fastv.flops_t > by_method["FasterVLM"].flops_t
+    assert F.main(["--kept", "58", "--in-llm", "adaptprune:3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["in_llm"] == {"adaptprune": 3} and [r["method"] for r in out["rows"]][2] == "adaptprune (K=3)"
+    with pytest.raises(SystemExit):
+        F.main(["--in-llm", "adaptprune"])

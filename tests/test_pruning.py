@@ -1,7 +1,7 @@
 """Pruning methods (``llava.pruning``) against independent references.
 
-Before-LLM methods: kept patches and visual tokens recomputed here from eager ``CLIPVisionModel(output_attentions=True)``
-by plain loops. In-LLM methods: kept tokens from an eager ``LlamaForCausalLM(output_attentions=True)`` on the full
+Before-LLM methods: kept patches and visual tokens recomputed here by plain loops from eager
+``CLIPVisionModel(output_attentions=True)``. In-LLM methods: kept tokens from an eager ``LlamaForCausalLM(output_attentions=True)`` on the full
 sequence, and logits/greedy answers from a reference that recomputes the pruned forward (original positions, the
 prefill's kept set) without a cache at every step, from a stock LLaMA's own decoder layers.
 """
@@ -94,11 +94,15 @@ def test_runner_flags_belong_to_their_method(tiny_ckpt, tmp_path):
         model_vqa_loader.main(args + ["--pruning-method", "fastv", "--fastv-k", "0"])
     with pytest.raises(SystemExit):  # argparse's choices, from the registry
         model_vqa_loader.main(args + ["--pruning-method", "nope"])
+    model_vqa_loader.main(args + ["--pruning-method", "fastv", "--fastv-k", "1", "--visual-token-num", "29",
+                                  "--max_new_tokens", "3", "--temperature", "0"])
+    assert json.loads((tmp_path / "a.jsonl").read_text())["text"]
 
 
 # --------------------------------------------------------------------------- the vision tower's request
 
 
+@torch.no_grad()
 def test_tower_computes_the_requested_maps_as_eager_clip(deep):
     ckpt, _, model, processor, _, tower = deep
     pixels = process_images([make_image(3), make_image(4, size=(60, 90))], processor, model.config)
@@ -127,7 +131,8 @@ def reference_nms(scores: list[float], keys: torch.Tensor, k: int, radius=5.0, s
         for q in range(len(scores)):
             d2 = (p // SIDE - q // SIDE) ** 2 + (p % SIDE - q % SIDE) ** 2
             if d2 <= radius ** 2:
-                scores[q] *= 1 - math.exp(-d2 / (2 * sigma_d ** 2)) * math.exp(-(1 - cos[p][q]) ** 2 / (2 * sigma_s ** 2))
+                spatial = math.exp(-d2 / (2 * sigma_d ** 2))
+                scores[q] *= 1 - spatial * math.exp(-(1 - cos[p][q]) ** 2 / (2 * sigma_s ** 2))
     return sorted(picked)
 
 
@@ -137,6 +142,7 @@ def center_prior() -> list[float]:
     return [v / max(g) for v in g]
 
 
+@torch.no_grad()
 def reference_before_llm(method: str, params: dict, ckpt, tower, pixels, k: int):
     """(kept raster indices (B, k), visual tokens (B, k, D)) of a before-LLM method, from eager CLIP."""
     out = tower(pixels, output_hidden_states=True, output_attentions=True)
@@ -247,38 +253,48 @@ def image_last_prompt(tokenizer, question: str) -> torch.Tensor:
     return tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
 
 
+@torch.no_grad()
 def reference_in_llm(method: str, params: dict, ckpt, llama, tower, ids, pixels, k: int):
-    """(layer K, kept span-relative patch indices, kept sequence positions, full embeddings) from eager references."""
+    """(layer K, kept span-relative patch indices, kept sequence positions, full embeddings, the patches' scores)
+    from eager references."""
     visual, _, cls = reference_visual_tokens(ckpt, tower, pixels, None)
     embeds = splice(llama, ids, visual[0])
-    start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())  # the span is wherever the placeholder was
     span = torch.arange(start, start + N)
-    with torch.no_grad():
-        out = llama(inputs_embeds=embeds, output_attentions=True, output_hidden_states=True)
+    out = llama(inputs_embeds=embeds, output_attentions=True, output_hidden_states=True)
     layer = params.get("k", 2) if method != "cls-llm-layer2" else 2
     attn = out.attentions[layer - 1][0].mean(0) if method != "cls-llm-layer2" else None  # (L, L) head mean
     if method == "fastv":
-        scores = attn[:, span].mean(0) if params.get("score") == "all" else attn[-1, span]
+        score = params.get("score", "last")
+        if score == "last":
+            scores = attn[-1, span]
+        elif score == "all":  # masked zeros counted
+            scores = attn[:, span].mean(0)
+        else:  # all-visible: rows i >= j see token j
+            scores = attn[:, span].sum(0) / (embeds.shape[1] - span)
         patches = torch.sort(torch.topk(scores, k).indices).values
     elif method == "cls-llm-layer2":
-        patches = torch.sort(torch.topk(cls[0], k).indices).values
+        scores = cls[0]
+        patches = torch.sort(torch.topk(scores, k).indices).values
     else:  # adaptprune
         scores = [float(a) * g for a, g in zip(attn[-1, span], center_prior())]
         keys = llama.model.layers[layer].self_attn.k_proj(out.hidden_states[layer][0, span])
         patches = torch.tensor(reference_nms(scores, F.normalize(keys, dim=-1), k, sigma_s=params.get("sigma_s", 0.05)))
+        scores = torch.tensor(scores)
     kept = torch.cat([torch.arange(start), start + patches, torch.arange(start + N, embeds.shape[1])])
-    return layer, patches, kept, embeds
+    return layer, patches, kept, embeds, scores
 
 
 @pytest.mark.parametrize("method,params,image_last", [
-    ("fastv", {}, False), ("fastv", {}, True), ("fastv", {"score": "all"}, False), ("fastv", {"k": 1}, False),
+    ("fastv", {}, False), ("fastv", {}, True), ("fastv", {"score": "all"}, False),
+    ("fastv", {"score": "all-visible"}, False), ("fastv", {"k": 1}, False),
     ("cls-llm-layer2", {}, False), ("adaptprune", {"sigma_s": 0.5}, False)])
 def test_in_llm_methods_match_eager_llama_and_no_cache_reference(deep, budget, method, params, image_last):
     ckpt, tokenizer, model, processor, llama, tower = deep
     pixels = process_images([make_image(8)], processor, model.config)
     ids = image_last_prompt(tokenizer, QUESTIONS[1]) if image_last else prompt_ids(tokenizer, QUESTIONS[1])
     model.set_pruning_method(method, **params)
-    layer, patches, kept, embeds = reference_in_llm(method, params, ckpt, llama, tower, ids, pixels, K90)
+    layer, patches, kept, embeds, scores = reference_in_llm(method, params, ckpt, llama, tower, ids, pixels, K90)
     ref_logits, ref_ids = reference_pruned_greedy(llama, embeds, layer, kept, steps=8, eos=tokenizer.eos_token_id)
 
     with torch.no_grad():
@@ -293,8 +309,7 @@ def test_in_llm_methods_match_eager_llama_and_no_cache_reference(deep, budget, m
     assert out[0].tolist() == ref_ids and len(ref_ids) >= 2
     assert torch.equal(model.last_pruning.kept_indices[0], patches)
     if method == "adaptprune":  # the soft-NMS must have changed the choice for this to test it
-        plain = torch.sort(torch.topk(torch.tensor(center_prior()), K90).indices).values
-        assert not torch.equal(patches, plain)
+        assert not torch.equal(patches, torch.sort(torch.topk(scores, K90).indices).values)
 
 
 def test_layers_from_k_cache_only_the_kept_tokens(deep, budget):
@@ -313,14 +328,38 @@ def test_layers_from_k_cache_only_the_kept_tokens(deep, budget):
     assert {out.past_key_values.get_seq_length(i) for i in range(4)} == {ids.shape[1] - 1 + K90}
 
 
-def test_fastv_batched_answers_equal_batch_one(tiny_ckpt, tmp_path):
-    """Left-padded batches: per-sample spans, masks gathered to the kept positions (the 2-layer LLM: K = 1)."""
-    data = make_sample_data(tmp_path / "eval", questions=3)
-    args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
-            "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",
-            "--max_new_tokens", "6", "--device", "cpu", "--visual-token-num", "29", "--pruning-method", "fastv",
-            "--fastv-k", "1"]
-    model_vqa_loader.main(args + ["--answers-file", str(tmp_path / "one.jsonl")])
-    model_vqa_loader.main(args + ["--answers-file", str(tmp_path / "many.jsonl"), "--batch-size", "3"])
-    read = lambda p: [(line["question_id"], line["text"]) for line in map(json.loads, p.read_text().splitlines())]
-    assert read(tmp_path / "many.jsonl") == read(tmp_path / "one.jsonl")
+@pytest.mark.parametrize("method", ["fastv", "adaptprune"])
+def test_padded_batches_equal_batch_one(deep, budget, method):
+    """Per-sample spans and last tokens, and masks gathered to the kept positions at prefill and at each decode step."""
+    tokenizer, model, processor = deep[1], deep[2], deep[3]
+    pixels = process_images([make_image(10), make_image(11)], processor, model.config)
+    prompts = [prompt_ids(tokenizer, QUESTIONS[1])[0], image_last_prompt(tokenizer, QUESTIONS[0])[0]]
+    model.set_pruning_method(method)
+    kwargs = dict(do_sample=False, max_new_tokens=6, use_cache=True, output_scores=True, return_dict_in_generate=True,
+                  pad_token_id=0)
+    single, kept = [], []
+    for i, p in enumerate(prompts):
+        single.append(model.generate(p[None], images=pixels[i:i + 1], **kwargs))
+        kept.append(model.last_pruning.kept_indices[0])
+    longest = max(len(p) for p in prompts)
+    ids = torch.stack([F.pad(p, (longest - len(p), 0)) for p in prompts])
+    mask = torch.stack([F.pad(torch.ones_like(p), (longest - len(p), 0)) for p in prompts])
+    model.config.tokenizer_padding_side = "left"
+    try:
+        batched = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
+    finally:
+        model.config.tokenizer_padding_side = "right"
+    assert all(torch.equal(a, b) for a, b in zip(model.last_pruning.kept_indices, kept))
+    for b, one in enumerate(single):
+        assert batched.sequences[b, :one.sequences.shape[1]].tolist() == one.sequences[0].tolist()
+        for step, scores in enumerate(one.scores):
+            torch.testing.assert_close(batched.scores[step][b], scores[0], atol=1e-4, rtol=1e-4)
+
+    # A right-padded forward (LLaVA pads right outside generate): the last real token is not the last column.
+    ids = torch.stack([F.pad(p, (0, longest - len(p))) for p in prompts])
+    mask = torch.stack([F.pad(torch.ones_like(p), (0, longest - len(p))) for p in prompts])
+    with torch.no_grad():
+        logits = model(ids, images=pixels, attention_mask=mask).logits
+        for b, p in enumerate(prompts):
+            one = model(p[None], images=pixels[b:b + 1]).logits[0]
+            torch.testing.assert_close(logits[b, :one.shape[0]], one, atol=1e-4, rtol=1e-4)

@@ -112,3 +112,15 @@ def test_llava_next_script_with_the_paper_protocol(tiny_ckpt, tmp_path):
     assert "Average number of visual tokens: 290.00" in result.stdout
     recorded = json.loads((eval_dir / "pope/scores/llava-v1.6-tiny/fastervlm/n_58.json").read_text())
     assert recorded["benchmark"] == "pope"
+
+
+@pytest.mark.parametrize("method", ["fastv", "random"])
+def test_method_argument_selects_the_pruning_method(env, method):
+    eval_dir, environ = env
+    if method == "fastv":  # the tiny LLM has 2 layers, so FastV prunes after layer 1
+        environ = {**environ, "EXTRA_ARGS": environ["EXTRA_ARGS"] + " --fastv-k 1"}
+    result = run_script("pope", environ, TOKENS, method)
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = eval_dir / "pope/answers/llava-v1.5-tiny" / method / f"n_{TOKENS}/merge.jsonl"
+    assert len(answers.read_text().splitlines()) == 9
+    assert json.loads((eval_dir / "pope/scores/llava-v1.5-tiny" / method / f"n_{TOKENS}.json").read_text())["benchmark"] == "pope"

@@ -394,8 +394,9 @@ class LlavaMetaForCausalLM(ABC):
         # [FasterVLM] The spans in the padded batch: shifted by left padding, cut by the truncation above.
         lengths = [x.shape[0] for x in new_embeds]
         shifts = [longest - n if left else 0 for n in lengths]
-        self.last_pruning.visual_spans = [(row, min(start, lengths[row]) + shifts[row], min(end, lengths[row]) + shifts[row])
-                                          for row, start, end in visual_spans]
+        self.last_pruning.visual_spans = [
+            (row, min(start, lengths[row]) + shifts[row], min(end, lengths[row]) + shifts[row])
+            for row, start, end in visual_spans]
 
         return (None,
                 None if _position_ids is None else position_ids,

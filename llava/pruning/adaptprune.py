@@ -43,14 +43,14 @@ def soft_nms(scores: torch.Tensor, keys: torch.Tensor, side: int, k: int, radius
     decay = 1 - spatial * torch.exp(-((1 - cos) ** 2) / (2 * sigma_s ** 2))  # (N, N): row p decays the grid
     current, available = scores.double().clone(), valid.clone()
     picked = []
-    for _ in range(k):
-        p = torch.where(available, current, -torch.inf).argmax()  # a 0-d tensor: no host sync per step
+    for _ in range(k):  # p stays a (1,) tensor: no host sync per step on a GPU
+        p = torch.where(available, current, -torch.inf).argmax().view(1)
         picked.append(p)
-        current = current * decay[p]
-        available[p] = False
+        current = current * decay.index_select(0, p)[0]
+        available.index_fill_(0, p, False)
     if not picked:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
-    return torch.stack(picked).sort().values
+    return torch.cat(picked).sort().values
 
 
 # Both variants share the soft-NMS parameters and their CLI flags.

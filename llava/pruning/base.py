@@ -85,7 +85,8 @@ class LLMPruningContext:
 
     ``hidden``: (B, L, D) the output of layer K−1 (the input of layer K), every token present.
     ``attention``: (B, L) head-mean attention each position received in layer K−1 from the method's
-    ``attention_rows`` (``last``: the last real token's row; ``all``: the mean over all real rows), or None.
+    ``attention_rows`` (``last``: the last real token's row; ``all``: the mean over all real rows;
+    ``all-visible``: the mean over the real rows that can see the position), or None.
     ``images``: every image of the batch, in prompt order.
     ``budget``: visual tokens kept per crop (``visual_token_num``); an image keeps ``budget × crops``.
     ``next_layer``: decoder layer K (AdaptPrune reads its key projection).
@@ -124,7 +125,7 @@ class PruningMethod:
 class InLLMPruningMethod(PruningMethod):
     """A method that prunes inside the LLM: every patch enters it, :meth:`select_in_llm` picks the survivors."""
 
-    # Which query rows of layer K−1's attention the method scores with: "last", "all", or None (no attention).
+    # Which query rows of layer K−1's attention the method scores with (see LLMPruningContext), or None.
     attention_rows: ClassVar[str | None] = None
 
     def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:

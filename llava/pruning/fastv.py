@@ -8,7 +8,7 @@ import torch
 from llava.pruning import register
 from llava.pruning.base import InLLMPruningMethod, LLMPruningContext
 
-SCORES = ("last", "all")
+SCORES = ("last", "all", "all-visible")
 
 
 @register
@@ -19,7 +19,8 @@ class FastV(InLLMPruningMethod):
     newline and image, form one span; non-image tokens always stay), at their original positions.
 
     ``score``: ``last`` ranks by the last prompt token's attention (what FastV's code does); ``all`` by the mean
-    over all real query rows, causally masked zeros included (the paper's wording; baselines.md §1).
+    over all real query rows, causally masked zeros included (the paper's wording, baselines.md §1's recommended
+    normalisation: it favours early tokens); ``all-visible`` by the mean over the rows that can see the token.
     """
 
     name = "fastv"
@@ -27,8 +28,9 @@ class FastV(InLLMPruningMethod):
     k: int = field(default=2, metadata={"flag": "--fastv-k",
                                         "help": "FastV: prune before this LLM layer, ranking by layer K-1's attention"})
     score: str = field(default="last", metadata={"flag": "--fastv-score", "choices": SCORES,
-                                                 "help": "FastV: rank image tokens by the attention of the last token "
-                                                         "or the mean over all tokens"})
+                                                 "help": "FastV: rank image tokens by the attention of the last token, "
+                                                         "the mean over all tokens (masked zeros counted), or the mean "
+                                                         "over the tokens that can see them"})
 
     def __post_init__(self):
         if self.k < 1:

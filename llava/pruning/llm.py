@@ -109,13 +109,15 @@ def _capture_outputs(*modules: nn.Module):
             handle.remove()
 
 
+@torch.no_grad()
 def received_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        padding: torch.Tensor, rows: str) -> torch.Tensor:
     """(B, L) head-mean attention probability each key position received from the ``rows`` query rows.
 
     ``q``/``k``: the layer's q_proj/k_proj outputs (B, L, H·D) before RoPE; ``padding``: (B, L) real tokens.
     ``last``: the last real token's row; ``all``: the mean over every real query row, causally masked zeros
-    counted. The softmax is fp32 over the keys each row may see (causal and not padding), as eager attention.
+    counted; ``all-visible``: the mean over the real rows that can see the position (those at or after it).
+    The softmax is fp32 over the keys each row may see (causal and not padding), as eager attention.
     """
     B, L, _ = q.shape
     q = q.view(B, L, -1, attn.head_dim).transpose(1, 2)  # (B, H, L, D)
@@ -137,13 +139,19 @@ def received_attention(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, cos: t
         # finfo.min, not -inf: a padded query row sees no key, and must not turn into NaN.
         probs = logits.masked_fill(~visible, torch.finfo(torch.float32).min).softmax(dim=-1)
         total += (probs * real_rows[..., None]).sum(dim=1)
-    return total / (q.shape[1] * real_rows.sum(dim=1, keepdim=True))
+    if rows == "all-visible":
+        rows_per_key = (visible & real_rows[..., None]).sum(dim=1).clamp(min=1)  # (B, L)
+    else:
+        rows_per_key = real_rows.sum(dim=1, keepdim=True)  # (B, 1)
+    return total / (q.shape[1] * rows_per_key)
 
 
-def _layers(model, start, stop, hidden, mask, position_embeddings, position_ids, cache, use_cache, kwargs):
+def _layers(model, start, stop, hidden, mask, position_embeddings, cache, use_cache, kwargs):
+    # No position_ids: RoPE comes from position_embeddings, and in a layer call they would only feed
+    # FlashAttention's packed-sequence detection, which takes FastV's gapped positions for several sequences.
     for layer in model.layers[start:stop]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
-                       position_ids=position_ids, past_key_values=cache, use_cache=use_cache, **kwargs)
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, past_key_values=cache,
+                       use_cache=use_cache, **kwargs)
     return hidden
 
 
@@ -161,7 +169,8 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
     """Prefill ``model`` (a ``LlamaModel``) on ``inputs_embeds`` (B, L, D), pruning visual tokens before layer K."""
     config, K = model.config, method.llm_layer
     if not K < config.num_hidden_layers:
-        raise ValueError(f"{method.name} prunes before LLM layer {K}, but the LLM has {config.num_hidden_layers} layers")
+        raise ValueError(f"{method.name} prunes before LLM layer {K}, "
+                         f"but the LLM has {config.num_hidden_layers} layers")
     B, L, _ = inputs_embeds.shape
     device = inputs_embeds.device
     if use_cache and past_key_values is None:
@@ -178,21 +187,20 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
                               past_key_values=past_key_values, position_ids=position_ids)
     cos, sin = model.rotary_emb(hidden, position_ids)
     rows = method.attention_rows
-    hidden = _layers(model, 0, K - 1 if rows else K, hidden, mask, (cos, sin), position_ids, past_key_values,
-                     use_cache, kwargs)
+    hidden = _layers(model, 0, K - 1 if rows else K, hidden, mask, (cos, sin), past_key_values, use_cache, kwargs)
     attention = None
     if rows:  # layer K−1, once, keeping its q/k projections
         attn = model.layers[K - 1].self_attn
         with _capture_outputs(attn.q_proj, attn.k_proj) as captured:
-            hidden = _layers(model, K - 1, K, hidden, mask, (cos, sin), position_ids, past_key_values, use_cache,
-                             kwargs)
+            hidden = _layers(model, K - 1, K, hidden, mask, (cos, sin), past_key_values, use_cache, kwargs)
         attention = received_attention(attn, *captured, cos, sin, padding, rows)
 
     visual = torch.zeros((B, L), dtype=torch.bool, device=device)
     for image in images:
         visual[image.row, image.positions] = True
-    chosen = method.select_in_llm(LLMPruningContext(hidden, attention, images, budget, model.layers[K]))
-    keep = ~visual | (visual & chosen)  # (B, L)
+    with torch.no_grad():  # a choice, not a differentiable function of the hidden states
+        chosen = method.select_in_llm(LLMPruningContext(hidden, attention, images, budget, model.layers[K]))
+    keep = ~visual | chosen  # (B, L): non-visual tokens always stay
     counts = keep.sum(dim=1)
     if not (counts == counts[0]).all():
         raise ValueError(f"in-LLM pruning keeps {counts.tolist()} tokens in the rows of this batch; batched samples "
@@ -204,8 +212,8 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
     padding = padding.gather(1, kept_positions)
     mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=padding,
                               past_key_values=past_key_values, position_ids=position_ids, layer_idx=K)
-    hidden = _layers(model, K, None, hidden, mask, model.rotary_emb(hidden, position_ids), position_ids,
-                     past_key_values, use_cache, kwargs)
+    hidden = _layers(model, K, None, hidden, mask, model.rotary_emb(hidden, position_ids), past_key_values,
+                     use_cache, kwargs)
     pruned = None if past_key_values is None else PrunedCache(weakref.ref(past_key_values), K, kept_positions, L)
     return PrefillResult(BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), past_key_values=past_key_values),
                          keep, kept_positions, pruned)
@@ -230,8 +238,6 @@ def decode(model, pruned: PrunedCache, inputs_embeds: torch.Tensor, attention_ma
     kept_mask = create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=kept,
                                    past_key_values=past_key_values, position_ids=position_ids, layer_idx=K)
     position_embeddings = model.rotary_emb(inputs_embeds, position_ids)
-    hidden = _layers(model, 0, K, inputs_embeds, full_mask, position_embeddings, position_ids, past_key_values,
-                     use_cache, kwargs)
-    hidden = _layers(model, K, None, hidden, kept_mask, position_embeddings, position_ids, past_key_values,
-                     use_cache, kwargs)
+    hidden = _layers(model, 0, K, inputs_embeds, full_mask, position_embeddings, past_key_values, use_cache, kwargs)
+    hidden = _layers(model, K, None, hidden, kept_mask, position_embeddings, past_key_values, use_cache, kwargs)
     return BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), past_key_values=past_key_values)

@@ -46,7 +46,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
 
         [FasterVLM] Works for full forwards with images (log-likelihood, training), which upstream
         FasterVLM broke by changing the splice's return arity. Extra kwargs such as ``cache_position``
-        (passed by newer ``generate``) go straight to the LLM.
+        (passed by newer ``generate``) go straight to the LLM. With an in-LLM pruning method (FastV, ...),
+        the prefill after a splice and the decode steps on its cache run ``llava.pruning.llm``'s decoder loop.
         """
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
