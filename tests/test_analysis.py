@@ -215,3 +215,18 @@ def test_first_turn_extraction_on_shared_1k_file(shared_dir, tiny_model):
         ids = tokenizer_image_token(build_prompt(question), tokenizer)
         assert ids.count(IMAGE_TOKEN_INDEX) == 1
     assert len(load_samples(shared_dir / "analysis" / "llava_v1_5_mix1k.jsonl", limit=7)) == 7
+
+
+@pytest.mark.parametrize("kind", ["shift", "dispersion"])
+def test_shell_wrappers_run(tiny_ckpt, data, tmp_path, kind):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MODEL_PATH": str(tiny_ckpt), "QUESTIONS": str(data / "data.jsonl"),
+           "IMAGES": str(data / "images"), "OUTPUT": str(tmp_path / kind), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(root / f"scripts/analyze_attn_{kind}.sh"), "--device", "cpu", "--limit", "2"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((tmp_path / kind).rglob("*.json")) and list((tmp_path / kind).rglob("*.png"))

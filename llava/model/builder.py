@@ -100,6 +100,31 @@ def load_tokenizer(model_path: str | os.PathLike):
     return tokenizer
 
 
+def llm_load_kwargs(device, device_map, use_flash_attn: bool, kwargs: dict) -> tuple[torch.dtype, dict]:
+    """The LLM's dtype and ``from_pretrained`` arguments, shared by every LLaVA loader (pops what it uses from ``kwargs``).
+
+    fp16 on CUDA and fp32 on CPU unless ``torch_dtype``/``dtype`` says otherwise; SDPA unless
+    ``attn_implementation`` or ``use_flash_attn`` (FlashAttention 2) says otherwise.
+    """
+    on_cuda = str(device).startswith("cuda")
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_cuda else torch.float32)
+    attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
+    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
+    if on_cuda:
+        load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
+    return dtype, load_kwargs
+
+
+def load_llava_llama(model_path, cfg_dict: dict, load_kwargs: dict, **config_overrides):
+    """Tokenizer and ``LlavaLlamaForCausalLM`` from a checkpoint folder; also the weight keys it lacked."""
+    tokenizer = load_tokenizer(model_path)
+    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides)
+    config._name_or_path = str(model_path)
+    model, loading_info = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
+                                                                **load_kwargs)
+    return tokenizer, model, loading_info["missing_keys"]
+
+
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
                           device_map="auto", device="cuda", use_flash_attn=False, visual_token_num=None,
                           anyres_protocol=None, pruning_method="fastervlm", pruning_kwargs=None, **kwargs):
@@ -138,39 +163,30 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     check_visual_token_num(model_path, visual_token_num)
     anyres_protocol = resolve_anyres_protocol(cfg_dict, visual_token_num, anyres_protocol)
 
-    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
-    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     vision_tower_dtype = kwargs.pop("vision_tower_dtype", None)
-    attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
-    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=load_8bit, load_in_4bit=load_4bit, bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
-    on_cuda = str(device).startswith("cuda")
-    if on_cuda:
-        load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
     if kwargs:
         warnings.warn(f"load_pretrained_model ignores unknown arguments: {sorted(kwargs)}")
 
-    tokenizer = load_tokenizer(model_path)
-    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"})
-    config._name_or_path = str(model_path)
-    if anyres_protocol is not None:
-        config.anyres_protocol = anyres_protocol
-    model, loading_info = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
-                                                                **load_kwargs)
+    on_cuda = str(device).startswith("cuda")
+    extra = {"anyres_protocol": anyres_protocol} if anyres_protocol is not None else {}
+    tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs, **extra)
     # LLaVA-NeXT's tower (unfreeze_mm_vision_tower) and image_newline live in the checkpoint: missing ones
     # would be silently random.
-    missing = [k for k in loading_info["missing_keys"]
+    missing = [k for k in missing
                if k.startswith(("model.vision_tower.", "model.image_newline", "model.mm_projector."))]
     if missing:
         raise ValueError(f"{model_path}: the checkpoint lacks {len(missing)} multimodal weights, e.g. {missing[:3]}")
     model.set_visual_token_num(visual_token_num)
     model.set_pruning_method(method)
 
+    config = model.config
     if getattr(config, "mm_use_im_patch_token", False):
         tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
     if getattr(config, "mm_use_im_start_end", False):

@@ -56,8 +56,7 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     ``vision_tower_dtype``: both towers' dtype; by default the LLM's, as upstream casts both towers to fp16.
     ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
     """
-    from llava.model.builder import _DTYPE_KWARG, load_tokenizer
-    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+    from llava.model.builder import llm_load_kwargs, load_llava_llama
     from llava.video_utils import VideoProcessor
 
     if model_base is not None:
@@ -75,21 +74,12 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
         raise ValueError(f"--visual-token-num {visual_token_num} must lie in [0, {n}] (patches per video frame)")
 
     on_cuda = str(device).startswith("cuda")
-    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_cuda else torch.float32)
+    dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     tower_dtype = kwargs.pop("vision_tower_dtype", None) or dtype
-    attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
-    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
-    if on_cuda:
-        load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
     if kwargs:
         warnings.warn(f"load_video_llava ignores unknown arguments: {sorted(kwargs)}")
 
-    tokenizer = load_tokenizer(model_path)
-    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"})
-    config._name_or_path = str(model_path)
-    model, loading_info = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
-                                                                **load_kwargs)
-    missing = loading_info["missing_keys"]
+    tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs)
     if any(k.startswith("model.mm_projector.") for k in missing):
         raise ValueError(f"{model_path}: the checkpoint lacks the mm_projector weights")
     inner = model.get_model()
@@ -107,7 +97,7 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
 
     processor = {"image": inner.image_tower.image_processor if inner.image_tower is not None else None,
                  "video": VideoProcessor(size=inner.video_tower.cfg.image_size, num_frames=inner.video_tower.num_frames)}
-    context_len = getattr(config, "max_sequence_length", None) or 2048
+    context_len = getattr(model.config, "max_sequence_length", None) or 2048
     return tokenizer, model, processor, context_len
 
 
