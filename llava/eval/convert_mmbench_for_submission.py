@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from llava.eval.utils import InputError, iter_jsonl, require_keys
+from llava.eval.utils import InputError, read_answer_texts
 
 DROP_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 PREDICTION_COLUMN = 6
@@ -49,20 +49,8 @@ def check_index(df: pd.DataFrame, where: str) -> None:
 
 
 def load_predictions(result_file: str | os.PathLike) -> dict[int, str]:
-    """Map ``question_id`` -> raw model text of a LLaVA answer file."""
-    preds: dict[int, str] = {}
-    for lineno, obj in iter_jsonl(result_file):
-        where = f"{result_file}:{lineno}"
-        require_keys(obj, ("question_id", "text"), where)
-        qid, text = obj["question_id"], obj["text"]
-        if not isinstance(qid, int) or isinstance(qid, bool):
-            raise InputError(f"{where}: question_id must be an integer TSV index, got {qid!r}")
-        if not isinstance(text, str):
-            raise InputError(f"{where}: text must be a string")
-        if qid in preds:
-            raise InputError(f"{where}: duplicate question_id {qid}")
-        preds[qid] = text
-    return preds
+    """Map ``question_id`` (the TSV ``index``) -> raw model text of a LLaVA answer file."""
+    return read_answer_texts(result_file, integer_ids=True)
 
 
 def match_predictions(df: pd.DataFrame, preds: dict[int, str], result_file: str | os.PathLike) -> list[str]:

@@ -9,24 +9,12 @@ import json
 import os
 from pathlib import Path
 
-from llava.eval.utils import InputError, iter_jsonl, require_keys
+from llava.eval.utils import InputError, read_answer_texts
 
 
 def convert(src: str | os.PathLike) -> dict[str, str]:
     """Map ``v1_<question_id>`` -> model text, in answer-file order."""
-    results: dict[str, str] = {}
-    for lineno, obj in iter_jsonl(src):
-        where = f"{src}:{lineno}"
-        require_keys(obj, ("question_id", "text"), where)
-        qid, text = obj["question_id"], obj["text"]
-        if not isinstance(qid, int) or isinstance(qid, bool):
-            raise InputError(f"{where}: question_id must be an integer, got {qid!r}")
-        if not isinstance(text, str):
-            raise InputError(f"{where}: text must be a string")
-        key = f"v1_{qid}"
-        if key in results:
-            raise InputError(f"{where}: duplicate question_id {qid}")
-        results[key] = text
+    results = {f"v1_{qid}": text for qid, text in read_answer_texts(src, integer_ids=True).items()}
     if not results:
         raise InputError(f"{src}: no answers")
     return results

@@ -88,3 +88,20 @@ def write_score(path: str | os.PathLike | None, benchmark: str, score: float, me
     if path is None:
         return
     write_json(path, {"benchmark": benchmark, "metric": metric, "score": score, "details": details or {}}, indent=2)
+
+
+def read_answer_texts(path: str | os.PathLike, integer_ids: bool = False) -> dict:
+    """``question_id`` → model text of a LLaVA answer file, in file order; duplicates and bad fields name their line."""
+    texts: dict = {}
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        require_keys(obj, ("question_id", "text"), where)
+        qid, text = obj["question_id"], obj["text"]
+        if integer_ids and (not isinstance(qid, int) or isinstance(qid, bool)):
+            raise InputError(f"{where}: question_id must be an integer, got {qid!r}")
+        if not isinstance(text, str):
+            raise InputError(f"{where}: text must be a string")
+        if qid in texts:
+            raise InputError(f"{where}: duplicate question_id {qid}")
+        texts[qid] = text
+    return texts
