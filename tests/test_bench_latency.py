@@ -34,9 +34,10 @@ def test_rows_and_ratios(tiny_run, tiny_model, capsys):
         assert all(math.isfinite(r[key]) and r[key] > 0 for r in rows), key
     for r in rows:
         assert len(r["prefill_runs_ms"]) == len(r["tpot_runs_ms"]) == len(r["e2e_runs_ms"]) == 1
+        assert r["batch_size"] == 1 and r["samples_per_s"] == pytest.approx(1e3 / r["e2e_ms"])
         assert r["peak_mem_mib"] is None or r["peak_mem_mib"] >= 0
         assert r["mem_ratio"] is None or math.isfinite(r["mem_ratio"])
-    assert result["compare_upstream"] is None
+    assert result["compare_upstream"] is None and result["compare_upstream_e2e"] is None
 
 
 def test_flops_limit_matches_the_flops_calculator(tiny_run):
@@ -71,6 +72,54 @@ def test_tiny_flag_and_compare_upstream(capsys):
     assert "| upstream: eager CLIP" in out and "| 9 |" in out
 
 
+@pytest.mark.parametrize("kept", [None, 58, 9])
+def test_upstream_style_tower_keeps_the_same_patches(tiny_model, kept):
+    """The swapped-in upstream forward (eager CLIP, attentions[-2]) selects exactly what this project's tower does."""
+    _, model, processor, _ = tiny_model
+    ids, images, sizes = latency.make_inputs(model, processor, 60, seed=0)
+    tower = model.get_vision_tower()
+    model.set_visual_token_num(kept)
+    try:
+        with torch.inference_mode():
+            ours = model(ids, images=images, image_sizes=sizes).logits
+            ours_kept = model.last_pruning.kept_indices
+            with latency.upstream_style_tower(model):
+                assert tower.vision_tower.config._attn_implementation == "eager"
+                upstream = model(ids, images=images, image_sizes=sizes).logits
+                upstream_kept = model.last_pruning.kept_indices
+    finally:
+        model.set_visual_token_num(None)
+    assert [k.tolist() for k in upstream_kept] == [k.tolist() for k in ours_kept]
+    assert len(ours_kept[0]) == (kept or tower.num_patches)
+    torch.testing.assert_close(upstream, ours, atol=1e-4, rtol=1e-4)
+    assert "forward" not in vars(tower) and tower.vision_tower.config._attn_implementation != "eager"  # restored
+
+
+def test_compare_upstream_e2e(tiny_ckpt, capsys):
+    result = latency.main(["--model-path", str(tiny_ckpt), "--kept", "58", "--compare", "upstream-e2e",
+                           "--batch-size", "2", *FAST])
+    e2e = result["compare_upstream_e2e"]
+    for path, batch in (("upstream", 1), ("ours", 2)):
+        rows = e2e[path]
+        assert [(r["visual_tokens"], r["batch_size"]) for r in rows] == [(576, batch), (58, batch)], path
+        assert [r["flops_limit_speedup"] for r in rows] == [r["flops_limit_speedup"] for r in result["rows"]]
+        for r in rows:
+            for key in ("prefill_ms", "e2e_ms", "samples_per_s", "prefill_speedup", "e2e_speedup"):
+                assert math.isfinite(r[key]) and r[key] > 0, (path, key)
+            assert r["tpot_ms"] is None and r["tpot_speedup"] is None  # decode is not timed apart here
+            assert r["samples_per_s"] == pytest.approx(batch * 1e3 / r["e2e_ms"])
+    ratios = e2e["ours_over_upstream"]
+    assert [x["visual_tokens"] for x in ratios] == [576, 58]
+    for x in ratios:
+        assert math.isfinite(x["prefill_per_sample_speedup"]) and math.isfinite(x["samples_per_s_ratio"])
+        assert x["mem_ratio"] is None or math.isfinite(x["mem_ratio"])
+    table = capsys.readouterr().out.split("Upstream-style")[1].splitlines()
+    header = next(line for line in table if line.startswith("| Visual tokens"))
+    assert "Samples/s up / ours" in header and "Peak mem (MiB) up / ours" in header and "FLOPs-limit" in header
+    body = [line for line in table if line.startswith("| 576") or line.startswith("| 58 ")]
+    assert len(body) == 2 and all(line.count("|") == header.count("|") for line in body)
+
+
 def test_random_arch_is_built_in_memory(monkeypatch):
     """--random-arch with a small stand-in preset: the requested layer counts, no checkpoint on disk."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -94,7 +143,8 @@ def test_random_arch_model_matches_requested_shapes():
     assert model.get_vision_tower().num_patches == 4 and processor.crop_size["height"] == 28
 
 
-@pytest.mark.parametrize("flags, message", [(["--new-tokens", "1"], "at least 2"), (["--kept", "999"], "in \\[0, ")])
+@pytest.mark.parametrize("flags, message", [(["--new-tokens", "1"], "at least 2"), (["--kept", "999"], "in \\[0, "),
+                                            (["--batch-size", "0"], "--batch-size must be")])
 def test_bad_flags(tiny_ckpt, flags, message):
     with pytest.raises(SystemExit, match=message):
         latency.main(["--model-path", str(tiny_ckpt), "--device", "cpu", "--repeats", "1", *flags])

@@ -3,6 +3,7 @@
     python -m llava.bench.latency --model-path ./checkpoints/llava-v1.5-7b      # a real (or tiny) checkpoint
     python -m llava.bench.latency --tiny                                        # a tiny random checkpoint
     python -m llava.bench.latency --random-arch llama-7b --layers 2 --compare upstream --json out.json
+    python -m llava.bench.latency --tiny --compare upstream-e2e --batch-size 8  # upstream-style vs ours, batched
 
 For each budget (default: all N patches, then 50/25/10/5 % of them rounded as the paper does, i.e.
 576 288 144 58 29 for a 336-px CLIP-L tower) the harness times, in rounds in which every budget runs
@@ -22,11 +23,19 @@ The prompt is ``--text-tokens`` random token ids with the image placeholder afte
 vicuna_v1 system prompt's length); latency depends on lengths only. The image is a fixed random
 640×480 picture preprocessed under the model's config.
 
-``--compare upstream`` times the [CLS] scoring of the vision tower alone: upstream's HF
-``CLIPVisionModel`` in eager attention returning every layer's attentions and hidden states (the [CLS]
-row read from the selected layer's map), against this project's tower (SDPA, one extra [CLS] query row,
-no layer after the selected one), both relative to a plain SDPA CLIP forward with hidden states, as
-vanilla LLaVA runs it.
+``--compare`` adds one or both comparisons with upstream FasterVLM's way of scoring, whose vision tower is
+HF's ``CLIPVisionModel`` in eager attention returning every layer's attentions and hidden states, the
+[CLS] row read from the selected layer's map (``attentions[-2]``):
+
+* ``upstream``: the vision tower alone, upstream's against this project's (SDPA, one extra [CLS] query
+  row, no layer after the selected one), both relative to a plain SDPA CLIP forward with hidden states,
+  as vanilla LLaVA runs it;
+* ``upstream-e2e``: the whole model at every budget, upstream-style (the tower's forward swapped for
+  upstream's, batch 1) against this project's path (its own tower, ``--batch-size`` prompts left-padded),
+  both through the evaluation loop's ``llava.eval.runner.generate_batch``: prefill (a one-token
+  generation: preprocessing, tower, projector, LLM prefill), samples/s (``--new-tokens`` tokens per
+  sample), peak memory, and ours ÷ upstream. The batch's prompts have the same length with different ids
+  and images, so the left-padding path runs without padding skewing the per-sample cost.
 """
 from __future__ import annotations
 
@@ -37,10 +46,12 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +59,9 @@ from PIL import Image
 
 from llava.bench import flops
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.eval.runner import generate_batch
 from llava.mm_utils import process_images
+from llava.pruning.base import TowerOutputs, TowerRequest
 
 PROMPT_PREFIX = 35  # BOS + vicuna_v1 system prompt + "USER: " before the image (upstream-behaviour.md §11)
 REDUCTIONS = (50.0, 75.0, 90.0, 95.0)
@@ -59,6 +72,8 @@ RANDOM_ARCHS: dict[str, tuple[flops.LLMConfig, flops.VisionConfig, int]] = {
     "llama-13b": (flops.VICUNA_13B, flops.CLIP_L14_336, 16),
 }
 LLAMA_VOCAB = 32000
+PAD_ID = 0  # any id will do: left padding is masked out
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- models
@@ -139,20 +154,25 @@ def flops_model(model, crops: int) -> flops.ModelConfig:
 # --------------------------------------------------------------------------- inputs and timing
 
 
-def make_inputs(model, processor, text_tokens: int, seed: int):
-    """``(input_ids (1, text_tokens + 1), images, image_sizes)`` on the model's device."""
+def make_prompt(vocab_size: int, text_tokens: int, seed: int) -> tuple[list[int], Image.Image]:
+    """``text_tokens`` random ids with the image placeholder after the first :data:`PROMPT_PREFIX`, and a random
+    640×480 image."""
     if text_tokens <= PROMPT_PREFIX:
         raise ValueError(f"--text-tokens must exceed the {PROMPT_PREFIX}-token prefix before the image")
     g = torch.Generator().manual_seed(seed)
-    text = torch.randint(3, model.config.vocab_size, (text_tokens,), generator=g)  # ids 0-2: unk/bos/eos
+    text = torch.randint(3, vocab_size, (text_tokens,), generator=g).tolist()  # ids 0-2: unk/bos/eos
     text[0] = 1  # BOS
-    ids = torch.cat([text[:PROMPT_PREFIX], torch.tensor([IMAGE_TOKEN_INDEX]), text[PROMPT_PREFIX:]])[None]
     pixels = (np.random.RandomState(seed).rand(480, 640, 3) * 255).astype("uint8")
-    image = Image.fromarray(pixels)
+    return text[:PROMPT_PREFIX] + [IMAGE_TOKEN_INDEX] + text[PROMPT_PREFIX:], Image.fromarray(pixels)
+
+
+def make_inputs(model, processor, text_tokens: int, seed: int):
+    """``(input_ids (1, text_tokens + 1), images, image_sizes)`` of :func:`make_prompt` on the model's device."""
+    ids, image = make_prompt(model.config.vocab_size, text_tokens, seed)
     images = process_images([image], processor, model.config)
     images = ([x.to(model.device, model.dtype) for x in images] if isinstance(images, list)
               else images.to(model.device, model.dtype))
-    return ids.to(model.device), images, [image.size]
+    return torch.tensor([ids], device=model.device), images, [image.size]
 
 
 def synchronize(device: torch.device) -> None:
@@ -185,7 +205,7 @@ class PeakMemory:
     def kind(self) -> str:
         if self.device.type == "cuda":
             return "CUDA max_memory_allocated above the loaded model"
-        return "peak RSS above the RSS before the runs (/proc VmHWM, reset per row); n/a off Linux"
+        return "peak RSS above the RSS before the runs (/proc VmHWM, reset per run); n/a off Linux"
 
     def start(self) -> None:
         gc.collect()
@@ -237,30 +257,34 @@ class Row:
     kept_per_crop: int
     visual_tokens: int
     reduction_pct: float
+    batch_size: int
     prefill_ms: float
-    tpot_ms: float
+    tpot_ms: float | None  # None where decode is not timed apart (generate_batch)
     e2e_ms: float
+    samples_per_s: float
     peak_mem_mib: float | None
     prefill_speedup: float = 1.0
-    tpot_speedup: float = 1.0
+    tpot_speedup: float | None = 1.0
     e2e_speedup: float = 1.0
     mem_ratio: float | None = None
     flops_limit_speedup: float = 1.0
     prefill_runs_ms: tuple[float, ...] = ()
-    tpot_runs_ms: tuple[float, ...] = ()
+    tpot_runs_ms: tuple[float | None, ...] = ()
     e2e_runs_ms: tuple[float, ...] = ()
 
 
-@torch.inference_mode()
-def run_once(model, ids, images, image_sizes, new_tokens: int) -> tuple[float, float, float, int]:
-    """One prefill, one decode and one ``generate`` at the model's current budget.
+# A timed run at the model's current budget: prefill ms, ms per decoded token (None if not timed apart),
+# end-to-end ms, and the visual tokens spliced into each sample of the batch.
+Run = Callable[[], tuple[float, float | None, float, list[int]]]
 
-    Returns prefill ms, ms per decoded token, end-to-end ms and the visual tokens spliced.
-    """
+
+@torch.inference_mode()
+def run_once(model, ids, images, image_sizes, new_tokens: int) -> tuple[float, float, float, list[int]]:
+    """A :data:`Run` of one prompt: a prefill forward, the decode steps on its KV cache, and one ``generate``."""
     device = ids.device
     t_prefill, out = timed(lambda: model(ids, images=images, image_sizes=image_sizes, use_cache=True,
                                          logits_to_keep=1), device)
-    visual = model.last_pruning.visual_tokens[0]
+    visual = list(model.last_pruning.visual_tokens)
 
     def decode():
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
@@ -278,35 +302,82 @@ def run_once(model, ids, images, image_sizes, new_tokens: int) -> tuple[float, f
     return t_prefill * 1e3, t_decode * 1e3 / (new_tokens - 1), t_e2e * 1e3, visual
 
 
-def measure(model, ids, images, image_sizes, budgets: Sequence[int | None], warmup: int, repeats: int,
-            new_tokens: int, memory: PeakMemory) -> list[Row]:
-    """Time every budget (kept per crop; None = unpruned), one row each.
+class _GeneratedShape:
+    """The tokenizer handed to ``generate_batch``, which only decodes with it: the harness needs the shape of the
+    generated ids (to check that every sample got all its tokens), not text, and random ids make none."""
 
-    The budgets take turns within each round rather than running back to back, so a burst of load from
-    another process lands on all of them alike instead of skewing one budget's ratios. Peak memory is
-    measured per run and the largest kept.
+    shape: tuple[int, ...] = ()
+
+    def batch_decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        self.shape = tuple(ids.shape)
+        return [""] * len(ids)
+
+
+def run_batch(model, processor, prompts: Sequence[tuple[list[int], Image.Image]],
+              new_tokens: int) -> tuple[float, None, float, list[int]]:
+    """A :data:`Run` of ``prompts`` through the evaluation loop's ``generate_batch`` (left-padded beyond one).
+
+    Prefill is a one-token generation. The decode steps run inside ``generate`` and are not timed apart: the
+    difference of the two calls would be noise-dominated for short generations.
     """
-    n = model.get_vision_tower().num_patches
-    runs: dict[int, list[tuple[float, float, float]]] = {i: [] for i in range(len(budgets))}
-    peaks: dict[int, list[float | None]] = {i: [] for i in range(len(budgets))}
-    visual: dict[int, int] = {}
+    ids, images = (list(x) for x in zip(*prompts))
+    decoded = _GeneratedShape()
+
+    def generate(n: int) -> tuple[float, list[int]]:
+        kwargs = dict(do_sample=False, num_beams=1, max_new_tokens=n, min_new_tokens=n, use_cache=True,
+                      pad_token_id=PAD_ID)
+        t, (_, counts) = timed(lambda: generate_batch(model, decoded, processor, ids, images, kwargs), model.device)
+        if decoded.shape != (len(prompts), n):
+            raise RuntimeError(f"generate_batch returned ids of shape {decoded.shape}, expected {(len(prompts), n)}")
+        return t * 1e3, counts
+
+    t_prefill, _ = generate(1)
+    t_e2e, counts = generate(new_tokens)
+    return t_prefill, None, t_e2e, counts
+
+
+def interleave(cases: Sequence[Callable[[], T]], warmup: int, repeats: int,
+               memory: PeakMemory | None = None) -> tuple[list[list[T]], list[float | None]]:
+    """Each case's results over the ``repeats`` timed rounds, after ``warmup`` untimed ones, and its peak memory.
+
+    The cases take turns within each round rather than running back to back, so a burst of load from
+    another process lands on all of them alike instead of skewing one case's ratios. The peak is measured
+    per call and the largest kept (None without ``memory`` or where it cannot be measured).
+    """
+    results: list[list[T]] = [[] for _ in cases]
+    peaks: list[list[float | None]] = [[] for _ in cases]
     for r in range(warmup + repeats):
-        for i, k in enumerate(budgets):
-            model.set_visual_token_num(k)
-            memory.start()
-            *times, visual[i] = run_once(model, ids, images, image_sizes, new_tokens)
-            peaks[i].append(memory.stop())
+        for i, case in enumerate(cases):
+            if memory is not None:
+                memory.start()
+            out = case()
+            peaks[i].append(memory.stop() if memory is not None else None)
             if r >= warmup:
-                runs[i].append(tuple(times))
+                results[i].append(out)
+    return results, [None if None in p else max(p) for p in peaks]
+
+
+def measure(model, budgets: Sequence[int | None], runs: Sequence[Run], warmup: int, repeats: int,
+            memory: PeakMemory) -> list[list[Row]]:
+    """Every run at every budget (kept per crop; None = unpruned), all interleaved: one row list per run."""
+    n = model.get_vision_tower().num_patches
+    cases = [(run, k) for run in runs for k in budgets]
+
+    def at_budget(run: Run, k: int | None):
+        model.set_visual_token_num(k)
+        return run()
+
+    results, peaks = interleave([partial(at_budget, run, k) for run, k in cases], warmup, repeats, memory)
     rows = []
-    for i, k in enumerate(budgets):
-        prefill_ms, tpot_ms, e2e_ms = zip(*runs[i])
-        peak = None if None in peaks[i] else max(peaks[i])
-        rows.append(Row(kept_per_crop=n if k is None else k, visual_tokens=visual[i], reduction_pct=0.0,
-                        prefill_ms=statistics.median(prefill_ms), tpot_ms=statistics.median(tpot_ms),
-                        e2e_ms=statistics.median(e2e_ms), peak_mem_mib=peak, prefill_runs_ms=prefill_ms,
-                        tpot_runs_ms=tpot_ms, e2e_runs_ms=e2e_ms))
-    return rows
+    for (_, k), runs_k, peak in zip(cases, results, peaks):
+        prefill_ms, tpot_ms, e2e_ms, counts = zip(*runs_k)
+        batch = len(counts[-1])
+        tpot = None if None in tpot_ms else statistics.median(tpot_ms)
+        rows.append(Row(kept_per_crop=n if k is None else k, visual_tokens=counts[-1][0], reduction_pct=0.0,
+                        batch_size=batch, prefill_ms=statistics.median(prefill_ms), tpot_ms=tpot,
+                        e2e_ms=statistics.median(e2e_ms), samples_per_s=batch * 1e3 / statistics.median(e2e_ms),
+                        peak_mem_mib=peak, prefill_runs_ms=prefill_ms, tpot_runs_ms=tpot_ms, e2e_runs_ms=e2e_ms))
+    return [rows[i:i + len(budgets)] for i in range(0, len(rows), len(budgets))]
 
 
 def add_ratios(rows: list[Row], cfg: flops.ModelConfig, text_tokens: int) -> None:
@@ -319,7 +390,7 @@ def add_ratios(rows: list[Row], cfg: flops.ModelConfig, text_tokens: int) -> Non
 
     for r in rows:
         r.prefill_speedup = base.prefill_ms / r.prefill_ms
-        r.tpot_speedup = base.tpot_ms / r.tpot_ms
+        r.tpot_speedup = None if r.tpot_ms is None else base.tpot_ms / r.tpot_ms
         r.e2e_speedup = base.e2e_ms / r.e2e_ms
         r.mem_ratio = (r.peak_mem_mib / base.peak_mem_mib
                        if r.peak_mem_mib is not None and base.peak_mem_mib else None)
@@ -327,7 +398,51 @@ def add_ratios(rows: list[Row], cfg: flops.ModelConfig, text_tokens: int) -> Non
         r.reduction_pct = 100 * (1 - r.visual_tokens / base.visual_tokens) if base.visual_tokens else 0.0
 
 
-# --------------------------------------------------------------------------- --compare upstream
+# --------------------------------------------------------------------------- --compare upstream, upstream-e2e
+
+
+def upstream_tower_outputs(tower, clip, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream FasterVLM's tower forward: ``(features, cls_attn)`` as this project's tower returns them.
+
+    ``clip`` (``tower``'s HF CLIP, in eager attention) returns every layer's hidden states and attention
+    maps; the features are the selected layer's, the [CLS] row is read from that layer's map.
+    """
+    s = tower.select_layer
+    out = clip(images.to(tower.device, tower.dtype), output_hidden_states=True, output_attentions=True)
+    hidden = out.hidden_states[s]
+    attn = out.attentions[s if s < 0 else s - 1]  # the map of the layer that produced hidden_states[s]
+    features = hidden[:, 1:] if tower.select_feature == "patch" else hidden
+    return features.to(images.dtype), attn[:, :, 0, 1:].to(images.dtype)
+
+
+@torch.no_grad()
+def _upstream_forward(tower, images: torch.Tensor, request: TowerRequest | None = None):
+    """The tower's ``forward`` contract, computed the upstream way, which has FasterVLM's [CLS] attention only."""
+    features, cls_attn = upstream_tower_outputs(tower, tower.vision_tower, images)
+    if request is None:
+        return features, cls_attn
+    if request.keys or request.patch_attn:
+        raise ValueError("the upstream-style tower yields only FasterVLM's [CLS] attention")
+    return TowerOutputs(features, cls_attn=cls_attn)
+
+
+@contextmanager
+def upstream_style_tower(model) -> Iterator[None]:
+    """Within the block, the model's vision tower runs as upstream FasterVLM's did (:func:`upstream_tower_outputs`).
+
+    Its HF CLIP switches to eager attention in place, sparing a second copy of the weights: this project's
+    tower runs its own SDPA layers and never reads that setting. Both are restored on exit.
+    """
+    tower = model.get_vision_tower()
+    clip = tower.vision_tower
+    previous = clip.config._attn_implementation
+    clip.set_attn_implementation("eager")
+    tower.forward = partial(_upstream_forward, tower)
+    try:
+        yield
+    finally:
+        del tower.forward
+        clip.set_attn_implementation(previous)
 
 
 @torch.inference_mode()
@@ -335,36 +450,49 @@ def compare_upstream(tower, images, warmup: int, repeats: int) -> dict:
     """Median ms of three ways to get the selected layer's features (and [CLS] attention) from the tower."""
     x = images if not isinstance(images, list) else torch.cat(images)
     x = (x.flatten(0, 1) if x.ndim == 5 else x).to(tower.device, tower.dtype)  # (crops, 3, H, W)
-    n_layers = tower.config.num_hidden_layers
-    select = tower.select_layer
-    layer = n_layers + select if select < 0 else select - 1  # 0-based encoder layer LLaVA reads
+    # Copies, since the plain and the eager forward alternate within each round.
     plain = copy.deepcopy(tower.vision_tower)
     plain.set_attn_implementation("sdpa")
     eager = copy.deepcopy(tower.vision_tower)
     eager.set_attn_implementation("eager")
-
-    def run_plain():  # vanilla LLaVA: every layer, all hidden states, features of the selected one
-        return plain(x, output_hidden_states=True).hidden_states[layer + 1][:, 1:]
-
-    def run_upstream():  # upstream FasterVLM: eager attention, every map materialised
-        out = eager(x, output_hidden_states=True, output_attentions=True)
-        return out.hidden_states[layer + 1][:, 1:], out.attentions[layer][:, :, 0, 1:].mean(dim=1)
-
-    def run_ours():
-        return tower(x)
-
-    paths = {"plain_sdpa": run_plain, "upstream_eager": run_upstream, "ours": run_ours}
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for r in range(warmup + repeats):  # the paths take turns, as the budgets do in ``measure``
-        for name, fn in paths.items():
-            t = timed(fn, x.device)[0] * 1e3
-            if r >= warmup:
-                times[name].append(t)
-    result = {f"{name}_ms": statistics.median(t) for name, t in times.items()}
+    paths = {
+        "plain_sdpa": lambda: plain(x, output_hidden_states=True).hidden_states[tower.select_layer][:, 1:],
+        "upstream_eager": partial(upstream_tower_outputs, tower, eager, x),
+        "ours": partial(tower, x),
+    }
+    times, _ = interleave([lambda fn=fn: timed(fn, x.device)[0] * 1e3 for fn in paths.values()], warmup, repeats)
+    result = {f"{name}_ms": statistics.median(t) for name, t in zip(paths, times)}
     for name in ("upstream_eager", "ours"):
         result[f"{name}_overhead_pct"] = 100 * (result[f"{name}_ms"] / result["plain_sdpa_ms"] - 1)
     result["crops"] = x.shape[0]
     return result
+
+
+def compare_upstream_e2e(model, processor, budgets: Sequence[int | None], cfg: flops.ModelConfig,
+                         args: argparse.Namespace, memory: PeakMemory) -> tuple[list[Row], list[Row]]:
+    """Rows of the upstream-style path (batch 1) and of this project's (``--batch-size`` prompts), interleaved."""
+    prompts = [make_prompt(model.config.vocab_size, args.text_tokens, args.seed + i) for i in range(args.batch_size)]
+
+    def upstream():
+        with upstream_style_tower(model):
+            return run_batch(model, processor, prompts[:1], args.new_tokens)
+
+    ours = partial(run_batch, model, processor, prompts, args.new_tokens)
+    upstream_rows, our_rows = measure(model, budgets, [upstream, ours], args.warmup, args.repeats, memory)
+    for rows in (upstream_rows, our_rows):
+        add_ratios(rows, cfg, args.text_tokens)
+    return upstream_rows, our_rows
+
+
+def ours_over_upstream(upstream: Row, ours: Row) -> dict:
+    """Per-sample prefill speed-up, samples/s ratio and peak-memory ratio of this project's path to upstream's."""
+    return {
+        "visual_tokens": ours.visual_tokens,
+        "prefill_per_sample_speedup": (upstream.prefill_ms / upstream.batch_size) / (ours.prefill_ms / ours.batch_size),
+        "samples_per_s_ratio": ours.samples_per_s / upstream.samples_per_s,
+        "mem_ratio": (ours.peak_mem_mib / upstream.peak_mem_mib
+                      if ours.peak_mem_mib is not None and upstream.peak_mem_mib else None),
+    }
 
 
 # --------------------------------------------------------------------------- output
@@ -374,15 +502,20 @@ def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def to_markdown(rows: Sequence[Row], compare: dict | None = None) -> str:
-    """The per-budget table, then the tower comparison when there is one."""
+def _label(rows: Sequence[Row], i: int) -> str:
+    return f"{rows[i].visual_tokens} (unpruned)" if i == 0 else str(rows[i].visual_tokens)
+
+
+def to_markdown(rows: Sequence[Row], compare: dict | None = None,
+                e2e: tuple[Sequence[Row], Sequence[Row]] | None = None) -> str:
+    """The per-budget table, then the tower comparison and the upstream-style vs ours table when there are."""
     out = ["| Visual tokens | Reduction | Prefill (ms) | Prefill × | TPOT (ms) | TPOT × | E2E (ms) | E2E × "
            "| Peak mem (MiB) | Mem ratio | FLOPs-limit × |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows):
-        label = f"{r.visual_tokens} (unpruned)" if i == 0 else str(r.visual_tokens)
-        out.append(f"| {label} | {r.reduction_pct:.1f} % | {r.prefill_ms:.2f} | {r.prefill_speedup:.2f}x "
-                   f"| {r.tpot_ms:.2f} | {r.tpot_speedup:.2f}x | {r.e2e_ms:.1f} | {r.e2e_speedup:.2f}x "
+        out.append(f"| {_label(rows, i)} | {r.reduction_pct:.1f} % | {r.prefill_ms:.2f} | {r.prefill_speedup:.2f}x "
+                   f"| {_fmt(r.tpot_ms, '.2f')} | {_fmt(r.tpot_speedup, '.2f')}x "
+                   f"| {r.e2e_ms:.1f} | {r.e2e_speedup:.2f}x "
                    f"| {_fmt(r.peak_mem_mib, '.1f')} | {_fmt(r.mem_ratio, '.2f')} | {r.flops_limit_speedup:.2f}x |")
     if compare:
         out += ["", f"Vision tower alone ({compare['crops']} crop(s)): [CLS] scoring overhead over a plain SDPA "
@@ -393,6 +526,23 @@ def to_markdown(rows: Sequence[Row], compare: dict | None = None) -> str:
                 f"| {compare['upstream_eager_overhead_pct']:+.1f} % |",
                 f"| this project: SDPA, [CLS] row only, stops at the selected layer | {compare['ours_ms']:.2f} "
                 f"| {compare['ours_overhead_pct']:+.1f} % |"]
+    if e2e:
+        upstream, ours = e2e
+        out += ["", f"Upstream-style (eager CLIP with all attentions, batch {upstream[0].batch_size}) vs this project "
+                    f"(SDPA [CLS]-row tower, batch {ours[0].batch_size}) through generate_batch; "
+                    "Prefill ×: against the same path unpruned", "",
+                "| Visual tokens | FLOPs-limit × | Prefill (ms) up / ours | Prefill × up / ours "
+                "| Samples/s up / ours | Peak mem (MiB) up / ours | Ours ÷ up: prefill per sample | samples/s "
+                "| peak mem |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for i, (u, o) in enumerate(zip(upstream, ours)):
+            x = ours_over_upstream(u, o)
+            out.append(f"| {_label(ours, i)} | {o.flops_limit_speedup:.2f}x | {u.prefill_ms:.1f} / {o.prefill_ms:.1f} "
+                       f"| {u.prefill_speedup:.2f}x / {o.prefill_speedup:.2f}x "
+                       f"| {u.samples_per_s:.3g} / {o.samples_per_s:.3g} "
+                       f"| {_fmt(u.peak_mem_mib, '.1f')} / {_fmt(o.peak_mem_mib, '.1f')} "
+                       f"| {x['prefill_per_sample_speedup']:.2f}x | {x['samples_per_s_ratio']:.2f}x "
+                       f"| {_fmt(x['mem_ratio'], '.2f')} |")
     return "\n".join(out)
 
 
@@ -424,8 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens generated per run, EOS suppressed (default 32; at least 2 for TPOT)")
     p.add_argument("--text-tokens", type=int, default=60,
                    help=f"prompt tokens besides the image, the image after the first {PROMPT_PREFIX} (default 60)")
-    p.add_argument("--compare", choices=["upstream"], default=None,
-                   help="also time upstream's eager all-attentions tower against this project's tower")
+    p.add_argument("--compare", choices=["upstream", "upstream-e2e"], nargs="+", default=[],
+                   help="also time upstream FasterVLM's eager all-attentions tower against this project's: the "
+                        "tower alone (upstream), and/or the whole model at batch 1 against ours at --batch-size "
+                        "(upstream-e2e)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per generate_batch call on this project's path in --compare upstream-e2e (default 8)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt ids and the image (default 0)")
@@ -438,8 +592,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.new_tokens < 2:
         raise SystemExit("--new-tokens must be at least 2 (TPOT needs a decode step)")
-    if args.repeats < 1 or args.warmup < 0:
-        raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
+        raise SystemExit("--repeats and --batch-size must be >= 1 and --warmup >= 0")
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     torch.manual_seed(args.seed)
@@ -457,23 +611,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     memory = PeakMemory(device)
     budgets: list[int | None] = [None] + [k for k in kept if k != n]  # a budget of N is the unpruned model
-    rows = measure(model, ids, images, image_sizes, budgets, args.warmup, args.repeats, args.new_tokens, memory)
+    [rows] = measure(model, budgets, [partial(run_once, model, ids, images, image_sizes, args.new_tokens)],
+                     args.warmup, args.repeats, memory)
     add_ratios(rows, cfg, args.text_tokens)
     compare = (compare_upstream(model.get_vision_tower(), images, args.warmup, args.repeats)
-               if args.compare == "upstream" else None)
+               if "upstream" in args.compare else None)
+    e2e = (compare_upstream_e2e(model, processor, budgets, cfg, args, memory)
+           if "upstream-e2e" in args.compare else None)
 
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU ({torch.get_num_threads()} threads)")
     result = {
         "source": source, "device": str(device), "device_name": device_name, "dtype": str(dtype).removeprefix("torch."),
-        "model": asdict(cfg), "settings": {k: getattr(args, k) for k in
-                                           ("warmup", "repeats", "new_tokens", "text_tokens", "seed", "threads")},
+        "model": asdict(cfg),
+        "settings": {k: getattr(args, k)
+                     for k in ("warmup", "repeats", "new_tokens", "text_tokens", "seed", "threads", "batch_size")},
         "memory": memory.kind, "rows": [asdict(r) for r in rows], "compare_upstream": compare,
+        "compare_upstream_e2e": None if e2e is None else {
+            "upstream": [asdict(r) for r in e2e[0]], "ours": [asdict(r) for r in e2e[1]],
+            "ours_over_upstream": [ours_over_upstream(*pair) for pair in zip(*e2e)]},
     }
     print(f"**{source}** on {device_name}, {result['dtype']}: {n} patches per crop x {crops} crop(s), "
           f"{args.text_tokens} text tokens, {args.new_tokens} new tokens; medians of {args.repeats} runs after "
           f"{args.warmup} warm-up. Peak memory: {memory.kind}.\n")
-    print(to_markdown(rows, compare))
+    print(to_markdown(rows, compare, e2e))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
