@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
+from packaging import version
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -74,7 +76,9 @@ def refs(next_ckpt):
     """Eager CLIP with the checkpoint's (fine-tuned) tower weights, the LLaMA, and the projector tensors."""
     state = checkpoint_state(next_ckpt)
     tower = CLIPVisionModel(CLIPVisionConfig.from_pretrained(next_ckpt / "vision_tower", attn_implementation="eager"))
-    tower.load_state_dict({k[len(TOWER_PREFIX):]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)})
+    # transformers 4.x nests CLIP's modules under .vision_model; 5.x does not.
+    nest = "vision_model." if hasattr(tower, "vision_model") else ""
+    tower.load_state_dict({nest + k[len(TOWER_PREFIX):]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)})
     return tower.eval(), reference_llama(next_ckpt), state
 
 
@@ -147,13 +151,16 @@ def to_hf_llava_next(ckpt: Path, llama_config):
         image_grid_pinpoints=[[h, w] for w, h in NEXT_PINPOINTS], vision_feature_layer=-2,
         vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False)
     hf = LlavaNextForConditionalGeneration(config).eval()
+    # transformers 4.x nests CLIP's modules under .vision_model, 5.x does not; follow the target's naming.
+    nested = any(k.startswith("model.vision_tower.vision_model.") for k in hf.state_dict())
+    tower_prefix = "model.vision_tower.vision_model." if nested else "model.vision_tower."
     state = {}
     for k, v in checkpoint_state(ckpt).items():
         if k.startswith("model.mm_projector."):
             layer = {"0": "linear_1", "2": "linear_2"}[k.split(".")[2]]
             state[f"model.multi_modal_projector.{layer}.{k.split('.')[-1]}"] = v
         elif k.startswith(TOWER_PREFIX):
-            state["model.vision_tower." + k[len(TOWER_PREFIX):]] = v
+            state[tower_prefix + k[len(TOWER_PREFIX):]] = v
         elif k == "model.image_newline":
             state[k] = v
         elif k.startswith("model."):
@@ -329,17 +336,19 @@ def test_tower_weights_come_from_the_checkpoint(next_ckpt, next_model, tmp_path)
     _, model, _ = next_model
     state = checkpoint_state(next_ckpt)
     for name, value in model.get_vision_tower().vision_tower.state_dict().items():
-        assert torch.equal(value, state[TOWER_PREFIX + name]), name
+        assert torch.equal(value, state[TOWER_PREFIX + name.removeprefix("vision_model.")]), name
     pretrained = CLIPVisionModel.from_pretrained(next_ckpt / "vision_tower")
-    assert not torch.equal(pretrained.state_dict()["embeddings.class_embedding"],
+    assert not torch.equal(getattr(pretrained, "vision_model", pretrained).embeddings.class_embedding,
                            state[TOWER_PREFIX + "embeddings.class_embedding"])
+    if version.parse(transformers.__version__).major < 5:
+        return  # flat tower keys are written (and read) by transformers 5 only
     # A checkpoint written by transformers 5 (flat CLIPVisionModel keys) loads the same tower.
     flat = rewrite_checkpoint(next_ckpt, tmp_path / "flat", rename=lambda k: k.replace("tower.vision_model.", "tower."))
     _, flat_model, _, _ = load_pretrained_model(str(flat), device="cpu", dtype=torch.float16)
     tower = flat_model.get_vision_tower()
     assert tower.dtype == torch.float16  # the checkpoint's tower runs in the LLM's dtype, as upstream
     for name, value in tower.vision_tower.state_dict().items():
-        assert torch.equal(value.float(), state[TOWER_PREFIX + name]), name
+        assert torch.equal(value.float(), state[TOWER_PREFIX + name.removeprefix("vision_model.")]), name
     # String pinpoints (as some configs store them) mean the same grids.
     text = rewrite_checkpoint(next_ckpt, tmp_path / "text", {"image_grid_pinpoints": str(NEXT_PINPOINTS)})
     _, text_model, processor, _ = load_pretrained_model(str(text), device="cpu")
