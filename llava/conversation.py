@@ -29,6 +29,10 @@ class Conversation:
     sep2: str | None = None
     version: str = "Unknown"
 
+    def __post_init__(self):
+        # Own the history: templates derived with dataclasses.replace would otherwise share one list.
+        self.messages = [list(m) for m in self.messages]
+
     def get_prompt(self) -> str:
         style = self.sep_style
         if style == SeparatorStyle.SINGLE:
@@ -73,7 +77,7 @@ class Conversation:
         self.messages.append([role, message])
 
     def copy(self) -> "Conversation":
-        return dataclasses.replace(self, messages=[list(m) for m in self.messages])
+        return dataclasses.replace(self)
 
 
 _HUMAN_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "

@@ -46,3 +46,8 @@ def test_copy_does_not_share_messages():
 def test_required_templates_exist():
     for name in ["vicuna_v1", "llava_v1", "llava_v0", "plain", "llava_llama_2", "mistral_instruct", "chatml_direct", "mpt"]:
         assert name in conv_templates
+
+
+def test_templates_do_not_share_histories():
+    ids = {id(t.messages) for t in conv_templates.values()}
+    assert len(ids) == len({id(t) for t in conv_templates.values()})

@@ -15,8 +15,7 @@ from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.languagebind import build_languagebind_towers
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.pruning import InLLMPruningMethod, PruningMethod, get_method
-# [FasterVLM] The top-k lives with the pruning methods; re-exported here, where it always was.
-from llava.pruning.base import select_topk_raster  # noqa: F401
+from llava.pruning.base import select_topk_raster
 
 
 # How LLaVA-NeXT lays out the tokens of its crops (``mm_patch_merge_type``).
