@@ -5,14 +5,56 @@ Every reader names the file and line at fault, so a bad input never surfaces as 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+import traceback
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 class InputError(ValueError):
     """A user-supplied file or argument is malformed; the message names the culprit."""
+
+
+DEBUG_ENV = "FASTERVLM_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with the ``--debug`` flag every CLI of this package understands (see :func:`cli`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
+
+
+def cli(main: Callable[[], Any]) -> None:
+    """Run a CLI's ``main`` so that a user-caused failure prints one ``error:`` line and exits 2, not a traceback.
+
+    User-caused: :class:`InputError` and the ``ValueError``/``OSError``/``NotImplementedError`` that loaders raise
+    for a bad argument, file or checkpoint (their messages name it). ``--debug`` or ``FASTERVLM_DEBUG=1`` re-raises
+    with the traceback. Ctrl-C exits 130; finished answers are on disk already (every writer appends or renames).
+    """
+    debug = "--debug" in sys.argv[1:] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        main()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted; work finished so far is kept (rerun to resume)", file=sys.stderr)
+        sys.exit(130)
+    except (InputError, ValueError, OSError, NotImplementedError) as e:
+        if debug:
+            raise
+        kind = "" if isinstance(e, InputError) else f"{type(e).__name__}: "
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        print(f"error: {kind}{e}", file=sys.stderr)
+        print(f"  (raised at {Path(frame.filename).name}:{frame.lineno}; --debug or {DEBUG_ENV}=1 shows the traceback)",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -57,24 +99,27 @@ def require_keys(obj: dict, keys: Iterable[str], where: str) -> None:
         raise InputError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
-    """Write JSON atomically (temp file + rename), creating parent folders."""
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None, ensure_ascii: bool = False) -> None:
+    """Write JSON atomically (temp file + rename), creating parent folders.
+
+    ``ensure_ascii=True`` writes ``\\u`` escapes, as Python's ``json.dump`` default (and upstream's files) do.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
+        json.dump(obj, f, indent=indent, ensure_ascii=ensure_ascii)
     os.replace(tmp, path)
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: bool = False) -> None:
     """Write JSON-lines atomically, creating parent folders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=ensure_ascii) + "\n")
     os.replace(tmp, path)
 
 
@@ -83,11 +128,55 @@ BENCHMARKS = ("vqav2", "gqa", "vizwiz", "sqa_img", "textvqa", "pope", "mme", "mm
 
 
 def write_score(path: str | os.PathLike | None, benchmark: str, score: float, metric: str,
-                details: dict | None = None) -> None:
-    """Record a benchmark's headline number for ``llava.eval.summarize`` (no-op if ``path`` is None)."""
+                details: dict | None = None, *, answers_file: str | os.PathLike | None = None,
+                partial: dict | None = None) -> None:
+    """Record a benchmark's headline number for ``llava.eval.summarize`` (no-op if ``path`` is None).
+
+    ``answers_file``: the answers the score was computed from; its run manifest (``llava.eval.provenance``) is
+    copied into the score file, so every number says how it was made. ``partial``: the record
+    :func:`check_coverage` returned when only part of the questions were scored.
+    """
     if path is None:
         return
-    write_json(path, {"benchmark": benchmark, "metric": metric, "score": score, "details": details or {}}, indent=2)
+    from llava.eval.provenance import read_manifest
+
+    manifest = read_manifest(answers_file) if answers_file is not None else None
+    write_json(path, {"benchmark": benchmark, "metric": metric, "score": score, "details": details or {},
+                      "partial": partial, "answers_file": None if answers_file is None else str(answers_file),
+                      "manifest": manifest}, indent=2)
+
+
+def add_allow_partial(parser: argparse.ArgumentParser) -> None:
+    """The ``--allow-partial`` flag of every scorer and of ``merge_chunks``."""
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score the answered questions even if some have no answer; the score is marked partial "
+                             "(default: missing answers are an error)")
+
+
+def check_coverage(expected: Iterable, answered: Iterable, source: str, allow_partial: bool,
+                   what: str = "question") -> dict | None:
+    """Check that ``answered`` covers exactly ``expected`` (ids, or any hashable keys); ``source`` names the answers.
+
+    Answers to unknown questions are always an error. Missing answers are an error unless ``allow_partial``;
+    then a warning is printed and the returned record (``{"answered", "expected", "missing"}``) goes into the
+    score file (``write_score(partial=...)``). Returns None when the answers are complete.
+    """
+    expected, answered = list(expected), list(answered)
+    expected_set, answered_set = set(expected), set(answered)
+    extra = [k for k in answered if k not in expected_set]
+    if extra:
+        raise InputError(f"{source}: {len(extra)} answer(s) to {what}s not in the question set, e.g. "
+                         f"{', '.join(map(repr, extra[:3]))}")
+    missing = [k for k in expected if k not in answered_set]
+    if not missing:
+        return None
+    head = ", ".join(map(repr, missing[:3]))
+    if not allow_partial:
+        raise InputError(f"{source}: {len(missing)} of {len(expected_set)} {what}s have no answer, e.g. {head} "
+                         "(pass --allow-partial to score the rest, marked partial)")
+    print(f"WARNING: PARTIAL score: {len(missing)} of {len(expected_set)} {what}s have no answer in {source}, "
+          f"e.g. {head}", file=sys.stderr)
+    return {"answered": len(expected_set) - len(missing), "expected": len(expected_set), "missing": len(missing)}
 
 
 def read_answer_texts(path: str | os.PathLike, integer_ids: bool = False) -> dict:
