@@ -7,6 +7,7 @@ from packaging import version
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llava.compat import MODEL_CACHE_KWARG, OUTPUT_CACHE_FIELD, output_cache, pop_cache
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 
@@ -48,7 +49,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         FasterVLM broke by changing the splice's return arity. Extra kwargs such as ``cache_position``
         (passed by newer ``generate``) go straight to the LLM. With an in-LLM pruning method (FastV, ...),
         the prefill after a splice and the decode steps on its cache run ``llava.pruning.llm``'s decoder loop.
+        The KV cache may come as ``past_key_values`` (LLaVA's name) or ``cache`` (transformers >= 5.24's).
         """
+        past_key_values = pop_cache(past_key_values, kwargs)
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
@@ -58,8 +61,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
             return self._forward_llm_pruning(step, input_ids, attention_mask, position_ids, past_key_values,
                                              inputs_embeds, labels, use_cache, **kwargs)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                               use_cache=use_cache, **kwargs)
+                               inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                               **{MODEL_CACHE_KWARG: past_key_values}, **kwargs)
 
     def _llm_pruning_step(self, inputs_embeds, past_key_values) -> str | None:
         """[FasterVLM] How an in-LLM pruning method takes this call: ``"prefill"`` (the first forward after a splice
@@ -120,7 +123,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{OUTPUT_CACHE_FIELD: output_cache(outputs)})
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs) -> torch.LongTensor:
@@ -146,9 +149,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return super().generate(position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                 **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, **kwargs):
         # Images were already spliced into inputs_embeds by ``generate``; decode steps must not re-encode them.
+        # The cache is passed through under whatever name this transformers release gives it.
         kwargs.pop("images", None)
         kwargs.pop("image_sizes", None)
-        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
-                                                     inputs_embeds=inputs_embeds, **kwargs)
+        return super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
