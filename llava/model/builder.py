@@ -7,8 +7,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import transformers
-from packaging import version
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
@@ -19,8 +17,6 @@ from llava.model.video_llava import is_video_llava, load_video_llava
 from llava.pruning import get_method
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
-# transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
-_DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
 
 
 def read_llava_config(model_path: str | os.PathLike) -> dict:
@@ -90,10 +86,30 @@ def make_sentencepiece_exact(tokenizer) -> None:
     backend.pre_tokenizer = None
 
 
+def check_sentencepiece_protobuf() -> None:
+    """Fail with the fix when sentencepiece's generated protobuf code cannot load under the installed protobuf.
+
+    transformers reads ``tokenizer.model`` through ``sentencepiece.sentencepiece_model_pb2``; sentencepiece 0.2.3's
+    copy needs protobuf >= 7.36.1. With an older protobuf (tools such as wandb pin protobuf < 7) transformers
+    falls back to a tiktoken reader and fails far from the cause.
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # noqa: F401
+    except Exception as e:  # protobuf raises its own VersionError subclasses here
+        import google.protobuf
+        import sentencepiece
+
+        raise ImportError(
+            f"sentencepiece {sentencepiece.__version__} cannot read tokenizer.model with protobuf "
+            f"{google.protobuf.__version__} ({e}); install a pair that fits: pip install -U 'protobuf>=7.36.1', "
+            "or, where protobuf must stay below 7, pip install 'sentencepiece<0.2.3'") from None
+
+
 def load_tokenizer(model_path: str | os.PathLike):
     """The checkpoint's LLaMA tokenizer with sentencepiece-exact encoding."""
     if not (Path(model_path) / "tokenizer.model").is_file():
         return AutoTokenizer.from_pretrained(model_path, use_fast=False)
+    check_sentencepiece_protobuf()
     # Name the class: AutoTokenizer would follow config.json's model_type ("llava") to a generic backend.
     tokenizer = LlamaTokenizer.from_pretrained(model_path)
     make_sentencepiece_exact(tokenizer)
@@ -109,7 +125,7 @@ def llm_load_kwargs(device, device_map, use_flash_attn: bool, kwargs: dict) -> t
     on_cuda = str(device).startswith("cuda")
     dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_cuda else torch.float32)
     attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
-    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
+    load_kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if on_cuda:
         load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
     return dtype, load_kwargs
