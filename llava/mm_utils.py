@@ -20,6 +20,8 @@ def load_image(image_file: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {image_file}") from None
+    except Image.DecompressionBombError as e:  # PIL's guard against images of > 2 × MAX_IMAGE_PIXELS pixels
+        raise ValueError(f"image too large to open safely: {image_file}: {e}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {image_file}: {e}") from None
 

@@ -142,3 +142,14 @@ class VideoProcessor:
 
     def __call__(self, path: str | os.PathLike, flip: bool = False) -> torch.Tensor:
         return preprocess_frames(read_frames(path, self.num_frames, self.backend), self.size, flip)
+
+
+def decoder_info(backend: str = "auto") -> dict:
+    """The decoder a run uses and its version, for the run manifest: ``{"backend": "decord", "version": "0.6.0"}``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    name = resolve_backend(backend)
+    try:
+        return {"backend": name, "version": version(_MODULES[name])}
+    except PackageNotFoundError:
+        return {"backend": name, "version": None}

@@ -14,6 +14,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.eval.runner import build_prompt
 from llava.eval.utils import InputError
 from llava.eval.video import run_inference_video_qa as cli
 from llava.mm_utils import tokenizer_image_token
@@ -48,7 +49,7 @@ def clip(seed: int = 0, frames: int = 8) -> torch.Tensor:
 
 
 def prompt_ids(tokenizer, images: int = 8) -> torch.Tensor:
-    return tokenizer_image_token(cli.build_prompt(QUESTION, images, "llava_v1"), tokenizer, return_tensors="pt")[None]
+    return tokenizer_image_token(build_prompt(QUESTION, images, "llava_v1", False), tokenizer, return_tensors="pt")[None]
 
 
 def splice(llama, ids: torch.Tensor, visual: list[torch.Tensor]) -> torch.Tensor:
@@ -142,7 +143,7 @@ def test_images_are_not_pruned_and_mix_with_videos(ckpts, models):
     """An image next to a video: the image tower's 256 patches all enter, the video frames are pruned."""
     tokenizer, model = models[True]
     image, video = clip(4, frames=1)[0, :, 0], clip(5)[0]
-    ids = tokenizer_image_token(cli.build_prompt("<image>\n" + QUESTION, 8, "llava_v1"), tokenizer, return_tensors="pt")[None]
+    ids = tokenizer_image_token(build_prompt("<image>\n" + QUESTION, 8, "llava_v1", False), tokenizer, return_tensors="pt")[None]
     model.set_visual_token_num(13)
     with torch.no_grad():
         model(ids, images=[image, video])
@@ -277,11 +278,12 @@ def run_cli(ckpt: Path, qa: Path, answers: str, *extra: str) -> list[dict]:
 def test_cli_answers_by_id_reports_missing_and_resumes(ckpts, models, reference, qa, capsys):
     lines = run_cli(ckpts[True], qa, "out.jsonl", "--protocol", "greedy")
     assert [(l["id"], l["answer"]) for l in lines] == [("v_a_0", "red"), ("v_b_1", "two")]
-    assert all(set(l) == {"id", "question", "answer", "pred"} and isinstance(l["pred"], str) for l in lines)
+    assert all(set(l) == {"id", "question", "answer", "pred", "metadata"} and isinstance(l["pred"], str) for l in lines)
     captured = capsys.readouterr()
-    assert "Average number of visual tokens: 104.00" in captured.out and "1 video(s) missing" in captured.err
+    assert "Average number of visual tokens: 104.00" in captured.out
+    assert "1 question(s) of this chunk have no answer because their image/video could not be read" in captured.err
     missing = [json.loads(l) for l in (qa / "out.jsonl.missing.jsonl").read_text().splitlines()]
-    assert [(m["id"], m["video_name"]) for m in missing] == [("v_gone_0", "gone")]
+    assert [(m["key"], m["media"]) for m in missing] == [(["v_gone_0"], "gone")]
 
     # The greedy answer is the reference pipeline's: eager tower, per-frame top-13, stock LLaMA.
     tokenizer = models[True][0]

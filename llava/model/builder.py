@@ -10,36 +10,92 @@ import torch
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.eval.utils import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
-from llava.model.video_llava import is_video_llava, load_video_llava
+from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
 from llava.pruning import get_method
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 
 
-def read_llava_config(model_path: str | os.PathLike) -> dict:
-    """The checkpoint's ``config.json`` as a dict; a missing or non-LLaVA config is a clear error."""
+def read_model_config(model_path: str | os.PathLike) -> dict:
+    """A checkpoint's ``config.json`` as a dict; a missing, truncated or non-object file is an error naming it."""
     path = Path(model_path) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config.json; --model-path must be a LLaVA checkpoint folder")
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    if not cfg.get("mm_vision_tower"):
-        raise ValueError(f"{path}: not a LLaVA checkpoint (no mm_vision_tower)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e}); the checkpoint's config is damaged or incomplete") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return cfg
+
+
+def read_llava_config(model_path: str | os.PathLike) -> dict:
+    """The checkpoint's ``config.json`` as a dict; a missing or non-LLaVA config is a clear error."""
+    cfg = read_model_config(model_path)
+    if not cfg.get("mm_vision_tower") and not cfg.get("mm_video_tower"):
+        raise InputError(f"{Path(model_path) / 'config.json'}: not a LLaVA checkpoint (no mm_vision_tower)")
     return cfg
 
 
 def num_patches(model_path: str | os.PathLike) -> int | None:
-    """Patches per image (per crop) of the checkpoint's vision tower, read from configs only; None if unknown."""
+    """Patches per image (per crop, per video frame) of the checkpoint's vision tower, from configs only; None if
+    unknown (a tower that is neither local nor cached)."""
     cfg = read_llava_config(model_path)
+    if is_video_llava(model_path):
+        return patches_per_frame(model_path)
     tower = resolve_tower_path(cfg["mm_vision_tower"], model_path)
     try:
         vision = CLIPVisionConfig.from_pretrained(tower, local_files_only=True)
     except OSError:
         return None
+    except ValueError as e:  # a damaged config.json
+        raise InputError(f"{tower}: cannot read the vision tower's config ({e})") from None
     return (vision.image_size // vision.patch_size) ** 2
+
+
+def check_weight_files(model_path: str | os.PathLike) -> None:
+    """Name a missing, truncated or damaged weight file before ``from_pretrained`` fails on it somewhere inside.
+
+    Checks what can be checked without reading the weights: every shard an ``*.index.json`` lists exists; a
+    safetensors file holds its whole header and the data that header declares; a ``.bin`` file is a readable zip
+    archive (torch's format) with its central directory present.
+    """
+    import struct
+    import zipfile
+
+    folder = Path(model_path)
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{index}: not a valid weight index ({e!r})") from None
+        for shard in sorted(shards):
+            if not (folder / shard).is_file():
+                raise InputError(f"{folder / shard}: weight shard listed in {index.name} is missing")
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            header = f.read(header_len) if 0 <= header_len <= size - 8 else b""
+        try:
+            tensors = json.loads(header)
+            end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+            raise InputError(f"{path}: not a complete safetensors file (damaged or truncated header)") from None
+        if size < 8 + header_len + end:
+            raise InputError(f"{path}: truncated: {size} bytes, its header declares {8 + header_len + end}")
+    for path in sorted(folder.glob("*.bin")):
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InputError(f"{path}: not a complete PyTorch weight file ({e})") from None
 
 
 def check_visual_token_num(model_path: str | os.PathLike, visual_token_num: int | None) -> None:
@@ -133,6 +189,7 @@ def llm_load_kwargs(device, device_map, use_flash_attn: bool, kwargs: dict) -> t
 
 def load_llava_llama(model_path, cfg_dict: dict, load_kwargs: dict, **config_overrides):
     """Tokenizer and ``LlavaLlamaForCausalLM`` from a checkpoint folder; also the weight keys it lacked."""
+    check_weight_files(model_path)
     tokenizer = load_tokenizer(model_path)
     config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides)
     config._name_or_path = str(model_path)

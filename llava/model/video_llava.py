@@ -10,7 +10,6 @@ consecutive placeholders as it has frames, so the prompt holds eight ``<image>``
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -22,11 +21,11 @@ from llava.model.llava_arch import PruningInfo
 
 def read_video_llava_config(model_path: str | os.PathLike) -> dict | None:
     """The checkpoint's ``config.json`` if it is a Video-LLaVA one (names ``mm_video_tower``), else None."""
-    path = Path(model_path) / "config.json"
-    if not path.is_file():
+    from llava.model.builder import read_model_config  # a function-level import: builder imports this module
+
+    if not (Path(model_path) / "config.json").is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = read_model_config(model_path)
     return cfg if cfg.get("mm_video_tower") and not cfg.get("mm_vision_tower") else None
 
 
@@ -34,15 +33,20 @@ def is_video_llava(model_path: str | os.PathLike) -> bool:
     return read_video_llava_config(model_path) is not None
 
 
-def patches_per_frame(model_path: str | os.PathLike) -> int:
-    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
+def video_tower_config(model_path: str | os.PathLike):
+    """The checkpoint's video tower shape (a ``languagebind.TowerConfig``), from configs only."""
     from llava.model.multimodal_encoder.languagebind import TowerConfig, read_tower_config, tower_folder
 
     cfg = read_video_llava_config(model_path)
     if cfg is None:
         raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
     folder = tower_folder(cfg["mm_video_tower"], model_path)
-    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"]).num_patches
+    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"])
+
+
+def patches_per_frame(model_path: str | os.PathLike) -> int:
+    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
+    return video_tower_config(model_path).num_patches
 
 
 def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=False, device_map="auto", device="cuda",
