@@ -66,7 +66,8 @@ def test_question_file_sets_the_expected_answers(tmp_path, capsys):
     assert "PARTIAL results: 1 of 3 questions are unanswered" in capsys.readouterr().out
     assert json.loads(dst.read_text()) == {"v1_2": "x", "v1_0": "y"}
     src.write_text('{"question_id": 2, "text": "x"}\n{"question_id": 7, "text": "y"}\n')
-    with pytest.raises(InputError, match=r"a\.jsonl: 1 answer\(s\) to questions not in the question set, e\.g\. 'v1_7'"):
+    with pytest.raises(InputError,
+                       match=r"a\.jsonl: 1 answer\(s\) to questions not in the question set, e\.g\. 'v1_7'"):
         conv.main(args + ["--allow-partial"])
     conv.main(["--src", str(src), "--dst", str(dst)])
     assert "not checked against the question set" in capsys.readouterr().err

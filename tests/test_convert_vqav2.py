@@ -108,7 +108,8 @@ def test_test_file_errors_name_the_line(files, tmp_path):
     with pytest.raises(InputError, match=r"test2015\.jsonl:5: question_id must be an integer"):
         conv.convert(str(test), str(src), dev)
     _questions(test, TEST_DEV[1:])
-    with pytest.raises(InputError, match=r"test-dev2015\.jsonl: 1 question\(s\) not in .*test2015\.jsonl, e\.g\. 262144000"):
+    with pytest.raises(InputError,
+                       match=r"test-dev2015\.jsonl: 1 question\(s\) not in .*test2015\.jsonl, e\.g\. 262144000"):
         conv.convert(str(test), str(src), dev)
 
 

@@ -220,7 +220,8 @@ def test_answer_to_unknown_question_is_an_error(files):
     qfile, res = files
     with open(res, "a") as f:
         f.write(json.dumps({"question_id": "q9", "text": "yes"}) + "\n")
-    with pytest.raises(InputError, match=r"merge\.jsonl: 1 answer\(s\) to questions not in .*questions\.json, e\.g\. 'q9'"):
+    with pytest.raises(InputError,
+                       match=r"merge\.jsonl: 1 answer\(s\) to questions not in .*questions\.json, e\.g\. 'q9'"):
         eval_gqa.main(["--result-file", str(res), "--questions", str(qfile)])
 
 

@@ -177,7 +177,8 @@ def test_bad_annotations_are_named(files):
         eval_textvqa.evaluate(str(ann), str(res))
     doc["data"][2] = dict(doc["data"][0], question="WHAT BRAND IS THIS?")
     ann.write_text(json.dumps(doc))
-    with pytest.raises(InputError, match=r"data\[2\]: question 'what brand is this\?' of image 'img1' repeats data\[0\]"):
+    with pytest.raises(InputError,
+                       match=r"data\[2\]: question 'what brand is this\?' of image 'img1' repeats data\[0\]"):
         eval_textvqa.evaluate(str(ann), str(res))
 
 

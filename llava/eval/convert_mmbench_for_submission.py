@@ -117,7 +117,7 @@ def write_upload(df: pd.DataFrame, upload_file: str | os.PathLike) -> None:
         df.to_excel(writer, index=False)
         for row in writer.sheets["Sheet1"].iter_rows():
             for cell in row:
-                # openpyxl typed "=..." as a formula and "#N/A"-like texts as errors; the text stays as it is.
+                # openpyxl types "=..." as a formula and "#N/A"-like texts as errors: keep them plain text.
                 if isinstance(cell.value, str) and cell.data_type != "s":
                     cell.data_type = "s"
 

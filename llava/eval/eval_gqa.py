@@ -62,10 +62,6 @@ def _check_question(q: object, where: str, consistency: bool, choices: bool) -> 
     require_keys(q, ("isBalanced", "answer"), where)
     if not isinstance(q["answer"], str):
         raise InputError(f"{where}: 'answer' must be a string")
-    if consistency:
-        require_keys(q, ("entailed",), where)
-        if not isinstance(q["entailed"], list) or not all(isinstance(e, str) for e in q["entailed"]):
-            raise InputError(f"{where}: 'entailed' must be a list of question ids")
     if not q["isBalanced"]:
         return
     require_keys(q, ("question", "types", "semantic", "groups"), where)
@@ -73,8 +69,16 @@ def _check_question(q: object, where: str, consistency: bool, choices: bool) -> 
         raise InputError(f"{where}: 'question' must be a string")
     if not isinstance(q["types"], dict) or not isinstance(q["groups"], dict):
         raise InputError(f"{where}: 'types' and 'groups' must be objects")
-    require_keys(q["types"], ("structural", "semantic", *(("detailed",) if choices else ())), f"{where}: types")
+    type_keys = ("structural", "semantic", *(("detailed",) if choices else ()))
+    require_keys(q["types"], type_keys, f"{where}: types")
     require_keys(q["groups"], ("global",), f"{where}: groups")
+    group = q["groups"]["global"]
+    if not all(isinstance(q["types"][k], str) for k in type_keys) or not (group is None or isinstance(group, str)):
+        raise InputError(f"{where}: the types and the global group must be strings")
+    if consistency:
+        require_keys(q, ("entailed",), where)
+        if not isinstance(q["entailed"], list) or not all(isinstance(e, str) for e in q["entailed"]):
+            raise InputError(f"{where}: 'entailed' must be a list of question ids")
     if not isinstance(q["semantic"], list) or not all(isinstance(op, dict) and {"operation", "argument"} <= op.keys()
                                                       for op in q["semantic"]):
         raise InputError(f"{where}: 'semantic' must be a list of {{operation, argument}} objects")

@@ -140,7 +140,7 @@ def evaluate(annotation_dir: str, question_file: str, result_file: str,
         where = f"{result_file}:{lineno}"
         require_keys(ans, ("question_id", "text"), where)
         qid = ans["question_id"]
-        if not isinstance(qid, (int, str)) or qid not in questions:
+        if not isinstance(qid, (int, str)) or isinstance(qid, bool) or qid not in questions:
             raise InputError(f"{where}: question_id {qid!r} is not in {question_file}")
         if qid in seen:
             raise InputError(f"{where}: duplicate answer for question_id {qid!r} (first at line {seen[qid]})")
