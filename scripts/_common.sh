@@ -10,7 +10,13 @@
 #   EVAL_DIR        benchmark data root            (default: ./playground/data/eval)
 #   CUDA_VISIBLE_DEVICES  one inference shard per listed GPU; none set and no GPU: one CPU process
 #   PYTHON          interpreter                    (default: python)
-#   EXTRA_ARGS      extra flags for the inference CLI (e.g. "--batch-size 8" or "--device cpu")
+#   EXTRA_ARGS      extra flags for the inference CLI (e.g. "--batch-size 8" or "--device cpu"). Every answers
+#                   file records its settings (<answers>.manifest.json): a rerun with other settings into the same
+#                   folder stops with the list of differences instead of reusing answers; pass "--overwrite" to redo
+#                   the run, or set RUN_TAG to keep it beside the first.
+#   RUN_TAG         suffix of the answers/score folder, e.g. RUN_TAG=bs8 -> n_58-bs8 (default: none)
+#   ALLOW_PARTIAL   1: merge and score even if some questions have no answer (e.g. unreadable images skipped
+#                   with --skip-missing-images); every score is then marked partial (default: 0, an error)
 set -euo pipefail
 
 fastervlm_init() {
@@ -30,8 +36,10 @@ fastervlm_init() {
     MODEL_PATH=${MODEL_PATH:-$CKPT_DIR/$CKPT}
     EVAL_DIR=${EVAL_DIR:-./playground/data/eval}
     PYTHON=${PYTHON:-python}
-    PARAM=n_${TOKENS}
+    PARAM=n_${TOKENS}${RUN_TAG:+-$RUN_TAG}
     EXTRA_ARGS=${EXTRA_ARGS:-}
+    PARTIAL=()
+    [[ ${ALLOW_PARTIAL:-0} == 1 ]] && PARTIAL=(--allow-partial)
     export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 }
 
@@ -40,6 +48,13 @@ answers_dir() { echo "$EVAL_DIR/$1/answers/$CKPT/$METHOD/$PARAM"; }
 
 # Score file read by `python -m llava.eval.summarize`.
 score_file() { echo "$EVAL_DIR/$1/scores/$CKPT/$METHOD/$PARAM.json"; }
+
+# score MODULE [ARGS...]: run a scorer or converter, passing --allow-partial when ALLOW_PARTIAL=1.
+score() {
+    local module=$1
+    shift
+    "$PYTHON" -m "$module" "$@" ${PARTIAL[@]+"${PARTIAL[@]}"}
+}
 
 # run_sharded OUT_DIR MODULE [ARGS...]
 # One process per GPU in CUDA_VISIBLE_DEVICES, each answering a contiguous chunk of the questions into
@@ -68,6 +83,6 @@ run_sharded() {
         echo "inference failed in at least one shard; finished answers are kept in $out_dir, rerun to resume" >&2
         exit 1
     fi
-    "$PYTHON" -m llava.eval.merge_chunks --out "$out_dir/merge.jsonl" \
+    "$PYTHON" -m llava.eval.merge_chunks --out "$out_dir/merge.jsonl" ${PARTIAL[@]+"${PARTIAL[@]}"} \
         $(for (( idx = 0; idx < chunks; idx++ )); do echo "$out_dir/${chunks}_${idx}.jsonl"; done)
 }

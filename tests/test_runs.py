@@ -16,6 +16,7 @@ from llava.eval.merge_chunks import merge
 from llava.eval.provenance import manifest_path, read_manifest
 from llava.eval.utils import InputError
 from llava.tools.make_sample_data import make_sample_data
+from conftest import requires_in_llm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,8 @@ def test_manifest_records_how_the_answers_were_made(finished, tiny_ckpt):
     (["--visual-token-num", "58", "--seed", "3"], "settings.decoding.seed: 0 -> 3"),
     (["--visual-token-num", "58", "--batch-size", "2"], "settings.decoding.batch_size"),
     (["--visual-token-num", "58", "--num-chunks", "2"], "chunk.num_chunks: 1 -> 2"),
-    (["--visual-token-num", "58", "--pruning-method", "fastv", "--fastv-k", "1"], "settings.pruning.params.k"),
+    pytest.param(["--visual-token-num", "58", "--pruning-method", "fastv", "--fastv-k", "1"], "settings.pruning.params.k",
+                 marks=requires_in_llm),
 ])
 def test_resuming_under_other_settings_is_refused(finished, tiny_ckpt, data, tmp_path, monkeypatch, flags, differing):
     import llava.model.builder as builder

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires_in_llm
 from llava.tools.make_sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_llava_next_script_with_the_paper_protocol(tiny_ckpt, tmp_path):
     assert recorded["benchmark"] == "pope"
 
 
-@pytest.mark.parametrize("method", ["fastv", "random"])
+@pytest.mark.parametrize("method", [pytest.param("fastv", marks=requires_in_llm), "random"])
 def test_method_argument_selects_the_pruning_method(env, method):
     eval_dir, environ = env
     if method == "fastv":  # the tiny LLM has 2 layers, so FastV prunes after layer 1

@@ -31,7 +31,7 @@ from llava.conversation import conv_templates
 from llava.eval import provenance
 from llava.eval.utils import InputError
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
-from llava.pruning import available_methods, cli_parameters, get_method, method_parameters
+from llava.pruning import InLLMPruningMethod, available_methods, cli_parameters, get_method, method_parameters
 
 PRUNING_METHODS = available_methods()
 
@@ -343,9 +343,13 @@ def check_args(args) -> None:
     if args.num_beams < 1 or args.max_new_tokens < 1:
         raise InputError("--num_beams and --max_new_tokens must be >= 1")
     try:
-        get_method(args.pruning_method, **pruning_kwargs(args))  # bad values fail here, before any weights load
+        method = get_method(args.pruning_method, **pruning_kwargs(args))  # bad values fail here, before any weights load
     except ValueError as e:
         raise InputError(str(e)) from None
+    if isinstance(method, InLLMPruningMethod):
+        from llava.pruning.llm import check_supported
+
+        check_supported()
 
 
 def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: AnswerFormat = AnswerFormat(),
