@@ -97,6 +97,11 @@ IMAGE_ASPECT_RATIOS = (None, "pad", "anyres", "square", "resize")
 #              5 crops × visual_token_num tokens per image.
 #   "vanilla": LLaVA-NeXT as released: the grid from select_best_resolution and the config's mm_patch_merge_type.
 ANYRES_PROTOCOLS = ("paper", "vanilla")
+# One line per protocol, for --help.
+ANYRES_PROTOCOL_HELP = {
+    "paper": "fixed 672x672 grid (5 crops), spatial merge without newline tokens; the default when pruning",
+    "vanilla": "LLaVA-NeXT's own grid choice and spatial_unpad merge; the default without pruning",
+}
 
 
 def check_image_aspect_ratio(model_cfg) -> str | None:

@@ -30,7 +30,8 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.conversation import conv_templates
 from llava.eval import provenance
 from llava.eval.utils import InputError
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, get_model_name_from_path, process_images,
+                            tokenizer_image_token)
 from llava.pruning import InLLMPruningMethod, available_methods, cli_parameters, get_method, method_parameters
 
 PRUNING_METHODS = available_methods()
@@ -96,9 +97,8 @@ def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temper
     parser.add_argument("--num_beams", type=int, default=1, help="beam search width (default 1)")
     parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help=f"generation limit (default {max_new_tokens})")
     add_pruning_args(parser)
-    parser.add_argument("--anyres-protocol", choices=["paper", "vanilla"], default=None,
-                        help="LLaVA-NeXT only: 'paper' (fixed 672x672 grid, no newline tokens; the default when pruning) "
-                             "or 'vanilla' (LLaVA-NeXT's own grid choice and spatial_unpad merge)")
+    parser.add_argument("--anyres-protocol", choices=ANYRES_PROTOCOLS, default=None,
+                        help="LLaVA-NeXT only: " + "; ".join(f"'{name}': {text}" for name, text in ANYRES_PROTOCOL_HELP.items()))
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed (matters when sampling, and for --pruning-method random)")
     add_device_args(parser)
