@@ -42,7 +42,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return self.model
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-                labels=None, use_cache=None, images=None, image_sizes=None, **kwargs):
+                labels=None, use_cache=None, images=None, image_sizes=None, logits_to_keep=0, **kwargs):
         """LlamaForCausalLM's forward on spliced embeddings.
 
         [FasterVLM] Works for full forwards with images (log-likelihood, training), which upstream
@@ -50,6 +50,8 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         (passed by newer ``generate``) go straight to the LLM. With an in-LLM pruning method (FastV, ...),
         the prefill after a splice and the decode steps on its cache run ``llava.pruning.llm``'s decoder loop.
         The KV cache may come as ``past_key_values`` (LLaVA's name) or ``cache`` (transformers >= 5.24's).
+        ``logits_to_keep`` is named so that ``generate`` sees it and asks for the last position's logits only
+        (the LM head over a whole 600-token prompt would be wasted work).
         """
         past_key_values = pop_cache(past_key_values, kwargs)
         if inputs_embeds is None:
@@ -59,10 +61,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         step = self._llm_pruning_step(inputs_embeds, past_key_values)  # [FasterVLM] FastV and other in-LLM methods
         if step is not None:
             return self._forward_llm_pruning(step, input_ids, attention_mask, position_ids, past_key_values,
-                                             inputs_embeds, labels, use_cache, **kwargs)
+                                             inputs_embeds, labels, use_cache, logits_to_keep, **kwargs)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
-                               **{MODEL_CACHE_KWARG: past_key_values}, **kwargs)
+                               logits_to_keep=logits_to_keep, **{MODEL_CACHE_KWARG: past_key_values}, **kwargs)
 
     def _llm_pruning_step(self, inputs_embeds, past_key_values) -> str | None:
         """[FasterVLM] How an in-LLM pruning method takes this call: ``"prefill"`` (the first forward after a splice
