@@ -176,9 +176,13 @@ while (( $# )); do
 done
 echo "sbatch $array $exports ${args[*]}" >> "$SBATCH_LOG"
 IFS=, read -ra pairs <<< "${exports#ALL,}"
-for (( i = ${array%-*}; i <= ${array#*-}; i++ )); do
-    env "${pairs[@]}" ${array:+SLURM_ARRAY_TASK_ID=$i} SLURM_SUBMIT_DIR="$PWD" bash "${args[@]}" >> "$SBATCH_LOG" 2>&1 || exit 1
-done
+if [[ -z $array ]]; then
+    env "${pairs[@]}" SLURM_SUBMIT_DIR="$PWD" bash "${args[@]}" >> "$SBATCH_LOG" 2>&1 || exit 1
+else
+    for (( i = ${array%-*}; i <= ${array#*-}; i++ )); do
+        env "${pairs[@]}" SLURM_ARRAY_TASK_ID=$i SLURM_SUBMIT_DIR="$PWD" bash "${args[@]}" >> "$SBATCH_LOG" 2>&1 || exit 1
+    done
+fi
 echo "4242"
 """
 
