@@ -113,7 +113,8 @@ def resolve_anyres_protocol(cfg: dict, visual_token_num: int | None, anyres_prot
     """[FasterVLM] The anyres protocol to load an anyres (LLaVA-NeXT) checkpoint with; None for other checkpoints.
 
     Unset, it is ``paper`` when pruning (the protocol the paper's LLaVA-NeXT numbers come from) and
-    ``vanilla`` (LLaVA-NeXT as released) when not.
+    ``vanilla`` (LLaVA-NeXT as released) when not; ``released`` (the released FasterVLM code's grid choice)
+    only when asked for.
     """
     if anyres_protocol is not None and anyres_protocol not in ANYRES_PROTOCOLS:
         raise ValueError(f"unsupported anyres_protocol {anyres_protocol!r} (expected one of {ANYRES_PROTOCOLS})")
