@@ -206,7 +206,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     ``visual_token_num`` [FasterVLM]: visual tokens kept per image (per crop for LLaVA-NeXT); None keeps all.
     ``anyres_protocol`` [FasterVLM], LLaVA-NeXT only: ``"paper"`` (fixed 2×2 grid, ``spatial`` merge without
-    unpadding or newlines: 5 × ``visual_token_num`` tokens per image) or ``"vanilla"`` (LLaVA-NeXT's own
+    unpadding or newlines: 5 × ``visual_token_num`` tokens per image), ``"released"`` (the released FasterVLM
+    code: its fill-ratio grid choice, 3–5 crops, and the same ``spatial`` merge) or ``"vanilla"`` (LLaVA-NeXT's own
     grid choice and merge). Default: ``"paper"`` when ``visual_token_num`` is set, else ``"vanilla"``.
     Stored as ``model.config.anyres_protocol``, which ``process_images`` reads as well.
     ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
