@@ -6,12 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval.utils import InputError
@@ -22,11 +22,14 @@ from llava.model.video_llava import encode_video_llava_inputs
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import available_backends, preprocess_frames, read_frames, resolve_backend, sample_indices
 from reference import greedy
-from reference_video import (checkpoint_state, eager_languagebind, hf_video_llava, project, reference_frame_tokens,
-                             reference_llama, reference_video_tower, tower_config)
+from reference_video import (checkpoint_state, eager_languagebind, hf_logits, hf_video_llava, hf_video_tokens, project,
+                             reference_frame_tokens, reference_llama, reference_video_tower, tower_config, tower_state)
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 256  # patches per 224-px frame
+TOWERS = {"image_tower": "LanguageBind_Image", "video_tower": "LanguageBind_Video_merge"}  # attribute → folder
+IMAGE = "model.image_tower.image_tower."  # the embedded copies' prefixes
+VIDEO = "model.video_tower.video_tower."
 QUESTION = "What is the color of the bus?"
 
 
@@ -100,12 +103,11 @@ def test_hf_videollava_parity_without_temporal_attention(ckpts, models):
     model.set_visual_token_num(None)
     with torch.no_grad():
         ours = model(ids, images=[video[0]]).logits
-        hf_tokens = hf.model.get_video_features(pixel_values_videos=video.transpose(1, 2)).pooler_output  # (8, 1+N, D)
+        hf_tokens = hf_video_tokens(hf, video)  # (8, 1+N, D)
         torch.testing.assert_close(torch.stack(model.encode_videos(video)), hf_tokens[:, 1:], atol=1e-5, rtol=1e-5)
         placeholder = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
         hf_ids = torch.cat([ids[0, :placeholder[0]], torch.full((8 * N,), video_token), ids[0, placeholder[-1] + 1:]])[None]
-        theirs = hf(input_ids=hf_ids, mm_encoder_outputs={
-            "video": BaseModelOutputWithPooling(pooler_output=hf_tokens[:, 1:].reshape(1, 8 * N, -1))}).logits
+        theirs = hf_logits(hf, hf_ids, video_token, hf_tokens[:, 1:].reshape(8 * N, -1))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
@@ -119,14 +121,14 @@ def test_temporal_attention_is_what_hf_videollava_drops(ckpts, models):
     video = clip(3)
     model.set_visual_token_num(None)
     with torch.no_grad():
-        theirs = hf.model.get_video_features(pixel_values_videos=video.transpose(1, 2)).pooler_output[:, 1:]
+        theirs = hf_video_tokens(hf, video)[:, 1:]
         ours = torch.stack(model.encode_videos(video))
         assert (ours - theirs).abs().max() > 1e-2
         # Frames mix: changing frame 5 changes frame 0's tokens for us, never for the per-frame HF tower.
         edited = video.clone()
         edited[:, :, 5] += 1
         assert (torch.stack(model.encode_videos(edited))[0] - ours[0]).abs().max() > 1e-4
-        theirs_edited = hf.model.get_video_features(pixel_values_videos=edited.transpose(1, 2)).pooler_output[:, 1:]
+        theirs_edited = hf_video_tokens(hf, edited)[:, 1:]
         torch.testing.assert_close(theirs_edited[0], theirs[0], atol=0, rtol=0)
         saved = {k: v.clone() for k, v in model.state_dict().items() if "temporal_" in k}
         try:
@@ -146,9 +148,8 @@ def test_images_are_not_pruned_and_mix_with_videos(ckpts, models):
     model.set_visual_token_num(13)
     with torch.no_grad():
         model(ids, images=[image, video])
-        state = checkpoint_state(ckpts[True])
-        hidden, attn = eager_languagebind(state, "model.image_tower.image_tower.", tower_config(ckpts[True], "LanguageBind_Image"),
-                                          image[None, :, None])
+        state = {**checkpoint_state(ckpts[True]), **tower_state(ckpts[True], "LanguageBind_Image", IMAGE)}
+        hidden, attn = eager_languagebind(state, IMAGE, tower_config(ckpts[True], "LanguageBind_Image"), image[None, :, None])
     info = model.last_pruning
     assert info.visual_tokens == [N + 8 * 13]
     assert torch.equal(info.kept_indices[0], torch.arange(N)) and [len(k) for k in info.kept_indices[1:]] == [13] * 8
@@ -167,22 +168,84 @@ def test_budget_and_frame_count_errors(ckpts, models):
         model.encode_videos(clip(6, frames=4))
 
 
-def test_tower_weights_from_checkpoint_when_folders_lack_them(ckpts, models, tmp_path):
-    """Video-LLaVA-7B embeds both towers; without the LanguageBind folders' weights they come from there."""
+def edit_shards(ckpt: Path, edit) -> None:
+    """Rewrite the checkpoint's shards as ``edit(key, tensor)`` says (None drops the key), and its index to match."""
+    index_path = ckpt / "pytorch_model.bin.index.json"
+    index = json.loads(index_path.read_text())
+    for shard in sorted(ckpt.glob("pytorch_model-*.bin")):
+        state = {k: edit(k, v) for k, v in torch.load(shard, weights_only=True).items()}
+        torch.save({k: v for k, v in state.items() if v is not None}, shard)
+        index["weight_map"] = {k: f for k, f in index["weight_map"].items() if state.get(k, 0) is not None}
+    index_path.write_text(json.dumps(index))
+
+
+def tower_weights(model) -> dict[str, dict[str, torch.Tensor]]:
+    inner = model.get_model()
+    return {attr: getattr(inner, attr).transformer.state_dict() for attr in TOWERS}
+
+
+def test_towers_load_languagebind_folders_and_fall_back_to_the_embedded_copy(ckpts, tmp_path):
+    """Upstream loads LanguageBind_Image / _Video_merge, never the copies Video-LLaVA-7B embeds. With the embedded
+    copies made to differ, the folders' weights are used, silently; without the folders' weights, the embedded copy,
+    with a warning per tower; with neither, loading stops rather than run random towers."""
     ckpt = shutil.copytree(ckpts[True], tmp_path / "ckpt")
-    for folder in ("LanguageBind_Image", "LanguageBind_Video_merge"):
+    edit_shards(ckpt, lambda key, value: value + 1 if key.startswith((IMAGE, VIDEO)) else value)
+    embedded = checkpoint_state(ckpt)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_pretrained_model(str(ckpt), device="cpu")[1]
+    assert not [w for w in caught if "embedded" in str(w.message)]
+    for attr, folder in TOWERS.items():
+        assert getattr(model.get_model(), attr).weights_source == str(ckpt / folder)
+        expected = tower_state(ckpt, folder, "")
+        assert all(torch.equal(v, expected[k]) for k, v in tower_weights(model)[attr].items())
+
+    for folder in TOWERS.values():
         (ckpt / folder / "pytorch_model.bin").unlink()
-    _, model = load_pretrained_model(str(ckpt), device="cpu", visual_token_num=26)[:2]
-    assert model.get_model().video_tower.weights_source == "checkpoint"
-    assert models[True][1].get_model().video_tower.weights_source.endswith("LanguageBind_Video_merge")
-    models[True][1].set_visual_token_num(26)
-    with torch.no_grad():
-        torch.testing.assert_close(model.encode_videos(clip(7)), models[True][1].encode_videos(clip(7)), atol=0, rtol=0)
-    # With neither, loading stops rather than run random towers.
-    for shard in ckpt.glob("pytorch_model-*.bin"):
-        torch.save({k: v for k, v in torch.load(shard).items() if "_tower." not in k}, shard)
+    with pytest.warns(UserWarning, match=r"no \*\.safetensors or \*\.bin in .*; using the copy embedded") as caught:
+        model = load_pretrained_model(str(ckpt), device="cpu")[1]
+    assert sorted(str(w.message).split(":")[0] for w in caught if "embedded" in str(w.message)) == sorted(TOWERS.values())
+    for attr, prefix in (("image_tower", IMAGE), ("video_tower", VIDEO)):
+        assert getattr(model.get_model(), attr).weights_source == "checkpoint"
+        assert all(torch.equal(v, embedded[prefix + k]) for k, v in tower_weights(model)[attr].items())
+    assert "bfloat16" in str(caught[0].message)  # the embedded copies' storage dtype, as in Video-LLaVA-7B
+
+    edit_shards(ckpt, lambda key, value: None if key.startswith((IMAGE, VIDEO)) else value)
     with pytest.raises(FileNotFoundError, match="no tower weights"):
         load_pretrained_model(str(ckpt), device="cpu")
+
+
+@pytest.mark.parametrize("where", ["absolute", "hub-cache"])
+def test_tower_folders_resolve_like_mm_vision_tower(ckpts, tmp_path, monkeypatch, where):
+    """mm_image_tower / mm_video_tower: a folder relative to the checkpoint (the tiny checkpoint's layout), an absolute
+    path, or a hub id found in the Hugging Face cache (LanguageBind/... as Video-LLaVA-7B's config names them)."""
+    import huggingface_hub
+
+    ckpt = shutil.copytree(ckpts[True], tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    expected = {}
+    for key, folder in (("mm_image_tower", "LanguageBind_Image"), ("mm_video_tower", "LanguageBind_Video_merge")):
+        if where == "absolute":
+            target = tmp_path / "towers" / folder
+            config[key] = str(target)
+        else:  # the cache layout huggingface_hub writes: models--org--name/snapshots/<revision>/, refs/main
+            repo = tmp_path / "hub" / f"models--LanguageBind--{folder}"
+            target = repo / "snapshots" / "0123abcd"
+            (repo / "refs").mkdir(parents=True)
+            (repo / "refs" / "main").write_text("0123abcd")
+            config[key] = f"LanguageBind/{folder}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(ckpt / folder, target)
+        expected[key] = target
+    (ckpt / "config.json").write_text(json.dumps(config))
+    if where == "hub-cache":
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = load_pretrained_model(str(ckpt), device="cpu", visual_token_num=13)[1]
+    inner = model.get_model()
+    assert Path(inner.image_tower.weights_source) == expected["mm_image_tower"]
+    assert Path(inner.video_tower.weights_source) == expected["mm_video_tower"]
 
 
 # ---------------------------------------------------------------- decoding
