@@ -18,7 +18,10 @@ from llava.eval.utils import InputError
 from llava.eval.video import run_inference_video_qa as cli
 from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.model.multimodal_encoder.languagebind import LanguageBindVideoTower, LanguageBindVisionTransformer
 from llava.model.video_llava import encode_video_llava_inputs
+from llava.pruning.base import select_topk_raster
+from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import available_backends, preprocess_frames, read_frames, resolve_backend, sample_indices
 from reference import greedy
@@ -158,6 +161,55 @@ def test_images_are_not_pruned_and_mix_with_videos(ckpts, models):
     with torch.no_grad():
         image_tokens = encode_video_llava_inputs(model, [image])[0]
     torch.testing.assert_close(image_tokens, project(state, hidden[-2][0, 0, 1:]), atol=1e-5, rtol=1e-5)
+
+
+def random_video_tower(tmp_path: Path, seed: int = 0) -> tuple[LanguageBindVideoTower, dict]:
+    """A random fp16 LanguageBind video tower (temporal attention on) wider than the tiny checkpoint's, with
+    PyTorch's default init, and its config; ``cls_attn_arithmetic`` left to the caller."""
+    vision = {**TINY_TOWER, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "add_time_attn": True}
+    (tmp_path / "config.json").write_text(json.dumps({"vision_config": vision}))
+    args = type("Args", (), {"mm_vision_select_layer": -2, "mm_vision_select_feature": "patch"})()
+    tower = LanguageBindVideoTower(str(tmp_path), args)
+    torch.manual_seed(seed)
+    tower.set_weights({k: v.half() for k, v in LanguageBindVisionTransformer(tower.cfg).state_dict().items()}, "random")
+    return tower, vision
+
+
+def test_fp16_upstream_arithmetic_equals_eager_reference_and_kept_sets_vs_fp32(tmp_path):
+    """cls_attn_arithmetic="upstream" on an fp16 video tower (upstream casts both towers to fp16) is the eager reference
+    in fp16 (transformers 4.31's CLIPAttention arithmetic, temporal attention included), bit for bit. The default fp32
+    scores keep other patches in some of the 4 videos × 8 frames × 5 budgets = 160 cases; the figures are printed."""
+    tower, vision = random_video_tower(tmp_path)
+    videos = torch.cat([clip(s) for s in range(10, 14)]).half()  # (4, 3, 8, 224, 224)
+    tower.cls_attn_arithmetic = "upstream"
+    features, attn = tower(videos)
+    state = {k: v for k, v in tower.transformer.state_dict().items()}
+    hidden, attentions = eager_languagebind(state, "", vision, videos)
+    torch.testing.assert_close(features, hidden[-2][:, :, 1:], atol=0, rtol=0)
+    torch.testing.assert_close(attn, attentions[-2][:, :, :, 0, 1:], atol=0, rtol=0)
+    tower.cls_attn_arithmetic = "fp32"
+    fp32_attn = tower(videos)[1]
+    scores = {"upstream": attn.mean(dim=2).flatten(0, 1), "fp32": fp32_attn.mean(dim=2).flatten(0, 1)}  # (32, N)
+    figures = {}
+    for k in (192, 128, 64, 26, 13):
+        keep = {name: select_topk_raster(s, k) for name, s in scores.items()}
+        same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(keep["fp32"], keep["upstream"])]
+        overlap = [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(keep["fp32"], keep["upstream"])]
+        figures[k] = (sum(same) / len(same), sum(overlap) / len(overlap))
+    same = sum(f[0] for f in figures.values()) / len(figures)
+    overlap = sum(f[1] for f in figures.values()) / len(figures)
+    print(f"fp16 LanguageBind video tower, fp32 vs upstream kept sets over 160 frame cases: same set {same:.1%}, "
+          f"mean overlap {overlap:.2%}; " + ", ".join(f"k={k}: {s:.0%}/{o:.2%}" for k, (s, o) in figures.items()))
+    assert same < 1 and overlap > 0.9
+
+
+def test_cls_attn_arithmetic_reaches_both_towers(ckpts):
+    model = load_pretrained_model(str(ckpts[True]), device="cpu", cls_attn_arithmetic="upstream")[1]
+    inner = model.get_model()
+    assert inner.image_tower.cls_attn_arithmetic == inner.video_tower.cls_attn_arithmetic == "upstream"
+    assert model.config.cls_attn_arithmetic == "upstream"
+    with pytest.raises(ValueError, match="cls_attn_arithmetic 'fp16'"):
+        load_pretrained_model(str(ckpts[True]), device="cpu", cls_attn_arithmetic="fp16")
 
 
 def test_budget_and_frame_count_errors(ckpts, models):
