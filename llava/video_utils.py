@@ -16,7 +16,6 @@ MPEG-4 part 2 with B-frames (AVI or MP4), where PyAV's sequential decode is righ
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import math
 import os

@@ -50,6 +50,13 @@ def eager_437_attention(module, query, key, value, attention_mask, scaling, drop
 AttentionInterface.register("eager_437", eager_437_attention)
 
 
+def kept_set_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Two (cases, k) kept-index tensors: the fraction of cases keeping the same set, and the mean overlap |A ∩ B| / k."""
+    same = [set(x.tolist()) == set(y.tolist()) for x, y in zip(a, b)]
+    overlap = [len(set(x.tolist()) & set(y.tolist())) / len(x) for x, y in zip(a, b)]
+    return sum(same) / len(same), sum(overlap) / len(overlap)
+
+
 def reference_tower(ckpt: Path) -> CLIPVisionModel:
     return CLIPVisionModel.from_pretrained(ckpt / "vision_tower", attn_implementation="eager").eval()
 

@@ -8,7 +8,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from llava.model.builder import load_pretrained_model
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.pruning.base import select_topk_raster
-from reference import eager_437_attention  # noqa: F401  (registers attn_implementation="eager_437")
+from reference import kept_set_agreement  # also registers attn_implementation="eager_437"
 
 
 def make_tower(tmp_path, select_layer: int, layers: int = 4, seed: int = 0, image_size: int = 56, hidden: int = 32,
@@ -24,13 +24,6 @@ def make_tower(tmp_path, select_layer: int, layers: int = 4, seed: int = 0, imag
     args = type("Args", (), {"mm_vision_select_layer": select_layer, "mm_vision_select_feature": "patch",
                              "cls_attn_arithmetic": arithmetic})()
     return CLIPVisionTower(str(tmp_path), args), str(tmp_path)
-
-
-def kept_set_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Two (cases, k) kept-index tensors: the fraction of cases with the same set, and the mean overlap |A ∩ B| / k."""
-    same = [set(x.tolist()) == set(y.tolist()) for x, y in zip(a, b)]
-    overlap = [len(set(x.tolist()) & set(y.tolist())) / len(x) for x, y in zip(a, b)]
-    return sum(same) / len(same), sum(overlap) / len(overlap)
 
 
 @pytest.mark.parametrize("select_layer", [-2, -1, -3, 2])

@@ -25,7 +25,7 @@ from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import (VideoProcessor, available_backends, decoder_info, preprocess_frames, read_frames,
                                resolve_backend, sample_indices)
-from reference import greedy
+from reference import greedy, kept_set_agreement
 from reference_video import (checkpoint_state, eager_languagebind, hf_logits, hf_video_llava, hf_video_tokens, project,
                              reference_frame_tokens, reference_llama, reference_video_tower, tower_config, tower_state)
 
@@ -184,19 +184,14 @@ def test_fp16_upstream_arithmetic_equals_eager_reference_and_kept_sets_vs_fp32(t
     videos = torch.cat([clip(s) for s in range(10, 14)]).half()  # (4, 3, 8, 224, 224)
     tower.cls_attn_arithmetic = "upstream"
     features, attn = tower(videos)
-    state = {k: v for k, v in tower.transformer.state_dict().items()}
-    hidden, attentions = eager_languagebind(state, "", vision, videos)
+    hidden, attentions = eager_languagebind(tower.transformer.state_dict(), "", vision, videos)
     torch.testing.assert_close(features, hidden[-2][:, :, 1:], atol=0, rtol=0)
     torch.testing.assert_close(attn, attentions[-2][:, :, :, 0, 1:], atol=0, rtol=0)
     tower.cls_attn_arithmetic = "fp32"
     fp32_attn = tower(videos)[1]
     scores = {"upstream": attn.mean(dim=2).flatten(0, 1), "fp32": fp32_attn.mean(dim=2).flatten(0, 1)}  # (32, N)
-    figures = {}
-    for k in (192, 128, 64, 26, 13):
-        keep = {name: select_topk_raster(s, k) for name, s in scores.items()}
-        same = [set(a.tolist()) == set(b.tolist()) for a, b in zip(keep["fp32"], keep["upstream"])]
-        overlap = [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(keep["fp32"], keep["upstream"])]
-        figures[k] = (sum(same) / len(same), sum(overlap) / len(overlap))
+    figures = {k: kept_set_agreement(select_topk_raster(scores["fp32"], k), select_topk_raster(scores["upstream"], k))
+               for k in (192, 128, 64, 26, 13)}
     same = sum(f[0] for f in figures.values()) / len(figures)
     overlap = sum(f[1] for f in figures.values()) / len(figures)
     print(f"fp16 LanguageBind video tower, fp32 vs upstream kept sets over 160 frame cases: same set {same:.1%}, "

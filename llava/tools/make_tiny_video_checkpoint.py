@@ -92,8 +92,8 @@ def make_tiny_video_checkpoint(out_dir: str | Path, seed: int = 0, add_time_attn
 
 
 def _random_tower(cfg) -> dict[str, torch.Tensor]:
-    """A random LanguageBind vision transformer's state: HF's CLIP-style init (linear and embedding weights
-    N(0, 0.02), zero biases), the class and temporal embeddings as constructed."""
+    """A random LanguageBind vision transformer's state: linear and embedding weights N(0, 0.02) with zero biases
+    (the init transformers gives them inside the LLaVA model), the class and temporal embeddings as constructed."""
     tower = LanguageBindVisionTransformer(cfg)
     with torch.no_grad():
         for module in tower.modules():

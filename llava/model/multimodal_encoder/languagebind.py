@@ -274,7 +274,7 @@ class _LanguageBindTower(nn.Module):
 
     @property
     def is_loaded(self) -> bool:
-        return self.attr in self._modules
+        return hasattr(self, self.attr)  # registered by set_weights
 
     @property
     def transformer(self) -> LanguageBindVisionTransformer:
