@@ -6,14 +6,14 @@ keys. Rather than asking HF CLIP for every attention map (eager attention, 24 fu
 and silently ``None`` under SDPA from transformers 4.57 on), the tower runs CLIP's layers itself:
 SDPA everywhere, one extra ``(1 × N)`` query row in the selected layer, and no layer after it.
 ``tests/test_clip_encoder.py`` proves this equal to ``CLIPVisionModel(output_attentions=True)``.
-
-[FasterVLM] ``cls_attn_arithmetic`` (a config key, or the tower attribute) chooses how the scores are computed:
-``"fp32"`` (default): SDPA in every layer, the [CLS] row's logits and softmax in fp32; ``"upstream"``: what
-the released code ran (transformers 4.31/4.37 eager CLIP attention in every layer: query scaled first,
-logits and softmax in the tower dtype, the [CLS] row read off the full map). The two agree exactly in
-fp32 up to rounding; in fp16 (LLaVA-1.6's and Video-LLaVA's towers) they can keep different patches.
 Baseline pruning methods (``llava.pruning``) may instead request that layer's attention keys or its full
 patch → patch attention; the tower computes only what the request names.
+
+[FasterVLM] ``cls_attn_arithmetic`` (a config key, and the tower attribute) chooses the scores' arithmetic:
+``"fp32"`` (default): SDPA in every layer, the [CLS] row's logits and softmax in fp32. ``"upstream"``: what
+the released code ran, transformers 4.31/4.37's eager CLIP attention in every layer (query scaled first,
+logits and softmax in the tower dtype, the [CLS] row read off the full map). In an fp32 tower (LLaVA-1.5)
+the two differ only by rounding; in fp16 ones (LLaVA-1.6, Video-LLaVA) they can keep different patches.
 """
 from __future__ import annotations
 
