@@ -13,9 +13,15 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.eval.utils import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+<<<<<<< HEAD
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
 from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
 from llava.pruning import InLLMPruningMethod, get_method
+=======
+from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
+from llava.model.video_llava import is_video_llava, load_video_llava
+from llava.pruning import get_method
+>>>>>>> wt-video
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 
@@ -215,6 +221,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     ``mm_vision_tower`` (as upstream's ``device_map='auto'`` loads it) and the LLM's dtype when its
     weights live in the checkpoint.
     ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    ``cls_attn_arithmetic`` [FasterVLM]: ``"fp32"`` (default) or ``"upstream"`` (the released code's eager attention
+    arithmetic in the tower dtype; see ``clip_encoder``), stored as ``model.config.cls_attn_arithmetic``.
     ``pruning_method`` [FasterVLM]: how the ``visual_token_num`` tokens are chosen, a name from
     ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters.
     [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
@@ -244,6 +252,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     vision_tower_dtype = kwargs.pop("vision_tower_dtype", None)
+    cls_attn_arithmetic = check_cls_attn_arithmetic(kwargs.pop("cls_attn_arithmetic", None))  # [FasterVLM]
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -255,6 +264,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     on_cuda = str(device).startswith("cuda")
     extra = {"anyres_protocol": anyres_protocol} if anyres_protocol is not None else {}
+    extra["cls_attn_arithmetic"] = cls_attn_arithmetic
     tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs, **extra)
     # LLaVA-NeXT's tower (unfreeze_mm_vision_tower) and image_newline live in the checkpoint: missing ones
     # would be silently random.

@@ -25,6 +25,9 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaConfig
+    # [FasterVLM] Video-LLaVA checkpoints embed both LanguageBind towers, which upstream never loads; the towers
+    # load their weights themselves (languagebind.py), so these keys are expected to go unused.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.(image|video)_tower\."]
     # [FasterVLM] In-LLM pruning: what the last pruned prefill left for the decode steps on its cache.
     _pruned_cache = None  # llava.pruning.llm.PrunedCache | None
 
