@@ -232,8 +232,11 @@ class _LanguageBindTower(nn.Module):
         super().__init__()
         self.tower_name = name
         self.folder_is_local = os.path.isdir(resolve_tower_path(name, base_dir))
-        self.folder = tower_folder(name, base_dir)
-        self.cfg = TowerConfig.from_dict(read_tower_config(self.folder)["vision_config"])
+        # [FasterVLM] A transformers-format (llava-hf) checkpoint gives the towers' shape in its own config
+        # (mm_vision_config, see llava.model.hf_format) and their weights in its state dict: no tower folders.
+        vision_config = getattr(args, "mm_vision_config", None)
+        self.folder = None if vision_config else tower_folder(name, base_dir)
+        self.cfg = TowerConfig.from_dict(vision_config or read_tower_config(self.folder)["vision_config"])
         self.select_layer = args.mm_vision_select_layer
         select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if select_feature != "patch":  # Video-LLaVA-7B's value; FasterVLM scores patches only
@@ -252,6 +255,11 @@ class _LanguageBindTower(nn.Module):
         Video-LLaVA-7B embeds is stored in the checkpoint's dtype (bfloat16 per its config; unverified).
         Else the embedded copy (``embedded``: already loaded by ``from_pretrained``), else the hub's folder.
         """
+        if self.folder is None:  # [FasterVLM] a transformers-format checkpoint: only its own copy exists
+            if not embedded:
+                raise ValueError(f"{self.tower_name}: the checkpoint lacks the {self.attr} weights")
+            self.weights_source = "checkpoint"
+            return
         if not weight_files(self.folder) and embedded:
             self.weights_source = "checkpoint"
             return
