@@ -199,7 +199,8 @@ def load_llava_llama(model_path, cfg_dict: dict, load_kwargs: dict, **config_ove
     """Tokenizer and ``LlavaLlamaForCausalLM`` from a checkpoint folder; also the weight keys it lacked."""
     check_weight_files(model_path)
     tokenizer = load_tokenizer(model_path)
-    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides)
+    # The overrides win over a saved config's values (a checkpoint written by save_pretrained records anyres_protocol)
+    config = LlavaConfig(**{**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides})
     config._name_or_path = str(model_path)
     if hf_format.is_hf_checkpoint(model_path):  # [FasterVLM] llava-hf weights, renamed onto ours as they load
         return tokenizer, hf_format.load_llava_hf(model_path, config, load_kwargs), []

@@ -152,4 +152,8 @@ def load_llava_hf(model_path, config, load_kwargs: dict) -> LlavaLlamaForCausalL
         raise InputError(f"{model_path}: not a complete {config.hf_model_type} checkpoint: {len(missing)} weights "
                          f"missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
     model.__class__ = LlavaLlamaForCausalLM  # the loading subclass differs only in its base_model_prefix
+    # transformers 5 records the renamings to undo them in save_pretrained; a saved model keeps this layout instead.
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions is not None:
+        model._weight_conversions = [c for c in conversions if not set(c.source_patterns) <= set(KEY_MAPPING)]
     return model
