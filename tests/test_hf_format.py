@@ -9,6 +9,7 @@ every budget and with every pruning method: logits, greedy tokens, ``last_prunin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -466,3 +467,42 @@ def test_unsupported_or_damaged_transformers_checkpoints_are_named(hf_ckpts, tmp
     with pytest.raises(error, match=match) as raised:
         load_pretrained_model(str(folder), device="cpu")
     assert str(folder) in str(raised.value)
+
+
+@pytest.mark.parametrize("arch, family", [("v1.5", "v1_5"), ("next", "v1_6")])
+def test_benchmark_script_on_a_transformers_checkpoint(hf_ckpts, tmp_path, arch, family):
+    """``CKPT=<llava-hf folder> bash scripts/<family>/eval/textvqa.sh 58``: answers, merged and scored."""
+    name = hf_ckpts[arch].name
+    shutil.copytree(hf_ckpts[arch], tmp_path / "checkpoints" / name)
+    eval_dir = make_sample_data(tmp_path / "eval", questions=2)
+    environ = {**os.environ, "CKPT": name, "CKPT_DIR": str(tmp_path / "checkpoints"), "EVAL_DIR": str(eval_dir),
+               "PYTHON": sys.executable, "EXTRA_ARGS": "--device cpu --max_new_tokens 4", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / family / "eval/textvqa.sh"), "58"], env=environ, cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Average number of visual tokens: {58 * (5 if arch == 'next' else 1)}.00" in result.stdout
+    score = json.loads((eval_dir / f"textvqa/scores/{name}/fastervlm/n_58.json").read_text())
+    assert score["benchmark"] == "textvqa" and isinstance(score["score"], (int, float))
+
+
+def test_flops_calculator_reads_a_transformers_config(hf_ckpts, tmp_path):
+    from llava.bench import flops
+
+    tiny = flops.load_config_json(hf_ckpts["next"] / "config.json")
+    assert (tiny.llm.num_layers, tiny.llm.hidden_size, tiny.num_crops) == (2, 64, 5)
+    assert (tiny.vision.num_layers, tiny.vision.image_size, tiny.vision.patch_size) == (3, 336, 14)
+    assert flops.load_config_json(hf_ckpts["video"] / "config.json").num_crops == 8
+    # Shaped as llava-hf's LLaVA-1.5-7B config: partial text/vision configs, completed by transformers' defaults.
+    hub_like = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 32000,
+                "pad_token_id": 32001, "projector_hidden_act": "gelu", "vision_feature_layer": -2,
+                "vision_feature_select_strategy": "default", "vocab_size": 32064, "tie_word_embeddings": False,
+                "text_config": {"model_type": "llama", "max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+                                "vocab_size": 32064},
+                "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "image_size": 336,
+                                  "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+                                  "patch_size": 14, "projection_dim": 768}}
+    (tmp_path / "config.json").write_text(json.dumps(hub_like))
+    model, preset = flops.load_config_json(tmp_path / "config.json"), flops.PRESETS["llava-v1.5-7b"]
+    assert model.num_crops == 1 and model.visual_tokens == 576
+    assert flops.llm_prefill_flops(model, 634) == flops.llm_prefill_flops(preset, 634)
+    assert flops.vision_encoder_flops(model) == flops.vision_encoder_flops(preset)

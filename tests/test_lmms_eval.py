@@ -217,3 +217,29 @@ def test_bad_model_args_are_named(registered, tiny_ckpt):
         registered(pretrained=str(tiny_ckpt), batch_size="auto", device="cpu")
     with pytest.raises(ValueError, match="exceeds the 576 patches"):
         registered(pretrained=str(tiny_ckpt), visual_token_num=577, device="cpu")
+
+
+def test_video_question_equals_our_video_cli(tmp_path):
+    """A Video-LLaVA checkpoint: a task's video path becomes the 8-frame clip our video CLI decodes, 13 tokens each."""
+    pytest.importorskip("av", reason="decoding test videos needs PyAV")
+    from llava.eval.video import run_inference_video_qa as video_cli
+    from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
+    from test_video import QUESTION, write_video
+
+    ckpt = make_tiny_video_checkpoint(tmp_path / "Video-LLaVA-tiny")
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos/a.mp4", 12)
+    lm = FasterVLM(pretrained=str(ckpt), visual_token_num=13, device="cpu")
+    lm.task_dict = {"tiny": {"test": [{"video": str(tmp_path / "videos/a.mp4")}]}}
+    request = Instance(request_type="generate_until", idx=0, metadata={"task": "tiny", "doc_id": 0, "repeats": 1},
+                       arguments=(QUESTION, {"max_new_tokens": 6, "temperature": 0}, lambda doc: [doc["video"]], 0,
+                                  "tiny", "test"))
+    answer = lm.generate_until([request])
+    assert lm.model.last_pruning.visual_tokens == [8 * 13]
+    (tmp_path / "q.json").write_text(json.dumps([{"video_name": "a", "question": QUESTION, "question_id": "a0"}]))
+    (tmp_path / "a.json").write_text(json.dumps([{"answer": "red", "type": 3, "question_id": "a0"}]))
+    video_cli.main(["--model-path", str(ckpt), "--video-dir", str(tmp_path / "videos"), "--gt-file-question",
+                    str(tmp_path / "q.json"), "--gt-file-answers", str(tmp_path / "a.json"), "--answers-file",
+                    str(tmp_path / "cli.jsonl"), "--device", "cpu", "--max-new-tokens", "6", "--visual-token-num", "13",
+                    "--protocol", "greedy"])
+    assert answer == [json.loads(line)["pred"] for line in (tmp_path / "cli.jsonl").read_text().splitlines()]

@@ -228,6 +228,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters.
     [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
     whose third value is a ``{"image", "video"}`` processor dict.
+    [FasterVLM] transformers-format (llava-hf) checkpoints of all three load the same way, onto the same classes
+    (``llava.model.hf_format``).
     """
     method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
     if isinstance(method, InLLMPruningMethod):

@@ -11,8 +11,9 @@ LanguageBind checkpoints under other names, with the tower and preprocessing des
   (:data:`KEY_MAPPING`, :func:`load_llava_hf`): no second copy on disk.
 
 Preprocessing follows the original pipeline, not transformers' processors: LLaVA-1.5 pads to a square
-(``image_aspect_ratio: pad``, as llava-hf's own processor does not by default), LLaVA-NeXT uses this project's
+(``image_aspect_ratio: pad``, which llava-hf's own processor skips by default), LLaVA-NeXT uses this project's
 anyres protocols, Video-LLaVA the LanguageBind transforms; only sizes and normalisation come from the checkpoint.
+LLaVA-1.5's tower runs in fp32, as the original layout loads it (``load_pretrained_model``).
 The other direction, FasterVLM inside transformers' own models, is ``llava.model.hf_pruning.apply_fastervlm``.
 """
 from __future__ import annotations
@@ -59,6 +60,7 @@ def is_hf_config(cfg: dict) -> bool:
 
 
 def is_hf_checkpoint(model_path: str | os.PathLike) -> bool:
+    """True for a checkpoint folder whose ``config.json`` is transformers' (:func:`is_hf_config`)."""
     path = Path(model_path) / "config.json"
     return path.is_file() and is_hf_config(json.loads(path.read_text(encoding="utf-8")))
 
@@ -78,18 +80,21 @@ def read_image_processor_config(model_path: str | os.PathLike) -> dict:
     return {k: v for k, v in cfg.items() if k in _PROCESSOR_FIELDS}
 
 
-def original_config(model_path: str | os.PathLike, cfg: dict) -> dict:
+def original_config(model_path: str | os.PathLike, cfg: dict, image_processor: bool = True) -> dict:
     """The original-layout ``config.json`` of a transformers-format checkpoint (``cfg``: its own ``config.json``).
 
     The LLM's fields come from ``text_config``; the tower is described by ``mm_vision_config`` (the full
-    ``vision_config``) and, for LLaVA-1.5 / NeXT, ``mm_image_processor``; ``hf_model_type`` records the source.
+    ``vision_config``) and, for LLaVA-1.5 / NeXT, ``mm_image_processor`` (read from the folder unless
+    ``image_processor`` is False, for readers of the shapes only); ``hf_model_type`` records the source.
     Unsupported variants (non-LLaMA LLMs, non-CLIP towers, other projectors, multi-layer features) are errors
     naming the file.
     """
     from transformers import LlavaConfig, LlavaNextConfig, VideoLlavaConfig
 
     path = Path(model_path) / "config.json"
-    model_type = cfg["model_type"]
+    model_type = cfg.get("model_type")
+    if model_type not in HF_ARCHITECTURES:
+        raise InputError(f"{path}: model_type {model_type!r} is not one of transformers' LLaVA models ({', '.join(HF_ARCHITECTURES)})")
     hf = {"llava": LlavaConfig, "llava_next": LlavaNextConfig, "video_llava": VideoLlavaConfig}[model_type].from_dict(cfg)
     text, vision = hf.text_config, hf.vision_config
     if text.model_type != "llama":
@@ -122,7 +127,9 @@ def original_config(model_path: str | os.PathLike, cfg: dict) -> dict:
     if model_type == "video_llava":  # both LanguageBind towers take their shape from mm_vision_config
         out.update(mm_image_tower=str(model_path), mm_video_tower=str(model_path))
     else:
-        out.update(mm_vision_tower=str(model_path), mm_image_processor=read_image_processor_config(model_path))
+        out["mm_vision_tower"] = str(model_path)
+        if image_processor:
+            out["mm_image_processor"] = read_image_processor_config(model_path)
     if model_type == "llava_next":
         # transformers' pinpoints are (height, width), LLaVA's (width, height); transformers always unpads and
         # appends image_newline, LLaVA-NeXT's spatial_unpad.
