@@ -15,6 +15,14 @@ IN_LLM_SUPPORTED = TRANSFORMERS_VERSION >= version.parse(IN_LLM_MIN_TRANSFORMERS
 requires_in_llm = pytest.mark.skipif(not IN_LLM_SUPPORTED,
                                      reason=f"in-LLM pruning needs transformers >= {IN_LLM_MIN_TRANSFORMERS}")
 
+# Under pytest-xdist (-n 2 on CI's 2 cores) every worker gets one thread, and so do the CLIs the tests start:
+# a worker with torch's default of one thread per core would oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FASTERVLM_SHARED", ROOT.parent / "shared"))
 
