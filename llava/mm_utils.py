@@ -20,6 +20,8 @@ def load_image(image_file: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {image_file}") from None
+    except Image.DecompressionBombError as e:  # PIL's guard against images of > 2 × MAX_IMAGE_PIXELS pixels
+        raise ValueError(f"image too large to open safely: {image_file}: {e}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {image_file}: {e}") from None
 
@@ -38,11 +40,7 @@ def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Im
 def select_best_resolution(original_size: tuple[int, int], possible_resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """LLaVA-NeXT's grid choice: most effective pixels, then least wasted area (``(width, height)`` pairs).
 
-    [FasterVLM] Upstream FasterVLM replaced this rule, without a marker, by "largest fill ratio
-    (scaled area / canvas area), first grid on ties". That is a bug: it matches neither vanilla
-    LLaVA-NeXT (a 1280×720 image gets 3 crops instead of 5) nor the paper's fixed 672×672 grid, so
-    crop and token counts drift per image. It is deliberately not reproduced; the paper protocol
-    fixes the grid instead (see ``anyres_grid_pinpoints``).
+    The ``vanilla`` protocol's rule; ``released`` uses FasterVLM's replacement, ``select_fill_ratio_resolution``.
     """
     original_width, original_height = original_size
     best_fit, best_effective, best_wasted = None, -1, float("inf")
@@ -53,6 +51,29 @@ def select_best_resolution(original_size: tuple[int, int], possible_resolutions:
         wasted = width * height - effective
         if effective > best_effective or (effective == best_effective and wasted < best_wasted):
             best_fit, best_effective, best_wasted = (width, height), effective, wasted
+    return best_fit
+
+
+def select_fill_ratio_resolution(original_size: tuple[int, int],
+                                 possible_resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """[FasterVLM] The released FasterVLM code's grid choice: largest fill ratio (scaled / canvas area), first on ties.
+
+    Upstream FasterVLM replaced ``select_best_resolution`` by this rule without a marker. It matches neither
+    vanilla LLaVA-NeXT (a 1280×720 image gets 672×336, 3 crops, instead of 2×2) nor the paper's fixed
+    672×672 grid, so crop and token counts vary per image (3–5 crops with LLaVA-1.6's pinpoints); only the
+    ``released`` protocol uses it, to reproduce that code. An image so thin that every canvas scales one of
+    its sides to 0 px has no fill ratio: upstream then failed with a TypeError, here it is a ValueError.
+    """
+    original_width, original_height = original_size
+    best_fit, best_ratio = None, 0.0
+    for width, height in possible_resolutions:
+        scale = min(width / original_width, height / original_height)
+        ratio = int(original_width * scale) * int(original_height * scale) / (width * height)
+        if ratio > best_ratio:
+            best_fit, best_ratio = (width, height), ratio
+    if best_fit is None:
+        raise ValueError(f"a {original_width}×{original_height} image fits none of the grids "
+                         f"{list(possible_resolutions)}: every one scales a side of it to 0 px")
     return best_fit
 
 
@@ -90,11 +111,21 @@ def parse_grid_pinpoints(grid_pinpoints) -> list[tuple[int, int]]:
 # Preprocessing modes of ``image_aspect_ratio`` (None and "square"/"resize" are a plain resize + centre crop).
 IMAGE_ASPECT_RATIOS = (None, "pad", "anyres", "square", "resize")
 # [FasterVLM] How LLaVA-NeXT (anyres) images are cut and merged:
-#   "paper":   the protocol FasterVLM was evaluated with (Theia-4869/FasterVLM#8): a fixed 2×2 grid of crops
-#              (672×672 for a 336-px tower) and the 'spatial' merge, no unpadding, no image_newline;
-#              5 crops × visual_token_num tokens per image.
-#   "vanilla": LLaVA-NeXT as released: the grid from select_best_resolution and the config's mm_patch_merge_type.
-ANYRES_PROTOCOLS = ("paper", "vanilla")
+#   "paper":    the protocol FasterVLM was evaluated with (Theia-4869/FasterVLM#8): a fixed 2×2 grid of crops
+#               (672×672 for a 336-px tower) and the 'spatial' merge, no unpadding, no image_newline;
+#               5 crops × visual_token_num tokens per image.
+#   "vanilla":  LLaVA-NeXT as released: the grid from select_best_resolution and the config's mm_patch_merge_type.
+#   "released": the released FasterVLM code: the grid from its fill-ratio rule (select_fill_ratio_resolution,
+#               3–5 crops) and the 'spatial' merge, no unpadding, no image_newline;
+#               (1 + rows·cols) crops × visual_token_num tokens per image.
+ANYRES_PROTOCOLS = ("paper", "vanilla", "released")
+# One line per protocol, for --help.
+ANYRES_PROTOCOL_HELP = {
+    "paper": "fixed 672x672 grid (5 crops), spatial merge without newline tokens; the default when pruning",
+    "vanilla": "LLaVA-NeXT's own grid choice and spatial_unpad merge; the default without pruning",
+    "released": "the released FasterVLM code: its fill-ratio grid choice (3-5 crops, 3 for 1280x720), "
+                "spatial merge without newline tokens",
+}
 
 
 def check_image_aspect_ratio(model_cfg) -> str | None:
@@ -113,30 +144,29 @@ def get_anyres_protocol(model_cfg) -> str:
     return protocol
 
 
-def anyres_grid_pinpoints(model_cfg, crop_size: int) -> list[tuple[int, int]]:
-    """[FasterVLM] The ``(width, height)`` canvases anyres may choose from under the config's protocol.
+def anyres_resolution(model_cfg, image_size: tuple[int, int] | None, crop_size: int) -> tuple[int, int]:
+    """[FasterVLM] The ``(width, height)`` canvas an image of ``image_size`` is cut into ``crop_size`` crops on.
 
-    The paper protocol allows only the 2×2 grid of ``crop_size`` crops (672×672 for LLaVA-1.6), so every
-    image gets 5 crops whatever its shape; vanilla uses the checkpoint's ``image_grid_pinpoints``.
+    ``paper``: always the 2×2 grid (672×672 for LLaVA-1.6), so every image gets 5 crops whatever its shape
+    (``image_size`` may then be None). ``vanilla``: LLaVA-NeXT's ``select_best_resolution`` over the
+    checkpoint's ``image_grid_pinpoints``; ``released``: FasterVLM's ``select_fill_ratio_resolution`` over them.
     """
-    if get_anyres_protocol(model_cfg) == "paper":
-        return [(2 * crop_size, 2 * crop_size)]
+    protocol = get_anyres_protocol(model_cfg)
+    if protocol == "paper":
+        return 2 * crop_size, 2 * crop_size
     pinpoints = parse_grid_pinpoints(getattr(model_cfg, "image_grid_pinpoints", None))
     if any(w <= 0 or h <= 0 or w % crop_size or h % crop_size for w, h in pinpoints):
         raise ValueError(f"image_grid_pinpoints {pinpoints} are not whole grids of the tower's {crop_size}-px crops")
-    return pinpoints
+    select = select_fill_ratio_resolution if protocol == "released" else select_best_resolution
+    return select(image_size, pinpoints)
 
 
-def get_anyres_image_grid_shape(image_size: tuple[int, int], grid_pinpoints, patch_size: int) -> tuple[int, int]:
-    """``(columns, rows)`` of 336-px crops chosen for an image of ``(width, height)``."""
-    width, height = select_best_resolution(image_size, parse_grid_pinpoints(grid_pinpoints))
-    return width // patch_size, height // patch_size
+def process_anyres_image(image: Image.Image, processor, resolution: tuple[int, int]) -> torch.Tensor:
+    """LLaVA-NeXT crops: the whole image resized, then the grid crops in raster order. ``(1 + rows·cols, 3, H, W)``.
 
-
-def process_anyres_image(image: Image.Image, processor, grid_pinpoints) -> torch.Tensor:
-    """LLaVA-NeXT crops: the whole image resized, then the grid crops in raster order. ``(1 + rows·cols, 3, H, W)``."""
-    best_resolution = select_best_resolution(image.size, parse_grid_pinpoints(grid_pinpoints))
-    padded = resize_and_pad_image(image, best_resolution)
+    [FasterVLM] Takes the canvas (``anyres_resolution``) rather than the pinpoints, so the protocol picks the grid.
+    """
+    padded = resize_and_pad_image(image, resolution)
     crop = processor.crop_size["height"]
     base = image.resize((processor.size["shortest_edge"],) * 2)
     crops = [base] + divide_to_patches(padded, crop)
@@ -147,8 +177,8 @@ def process_images(images: Sequence[Image.Image], image_processor, model_cfg) ->
     """Preprocess per ``model_cfg.image_aspect_ratio``: ``pad`` (LLaVA-1.5), ``anyres`` (NeXT) or plain resize+crop.
 
     Returns a ``(B, 3, H, W)`` tensor, or for ``anyres`` a ``(B, crops, 3, H, W)`` tensor when every
-    image has the same number of crops and a list otherwise. [FasterVLM] Under
-    ``model_cfg.anyres_protocol == "paper"`` every anyres image is cut on the fixed 2×2 grid (5 crops).
+    image has the same number of crops and a list otherwise. [FasterVLM] ``model_cfg.anyres_protocol`` picks
+    the anyres grid (``anyres_resolution``): under ``paper`` every image is cut on the fixed 2×2 grid (5 crops).
     """
     aspect = check_image_aspect_ratio(model_cfg)
     if aspect == "pad":
@@ -156,8 +186,9 @@ def process_images(images: Sequence[Image.Image], image_processor, model_cfg) ->
         out = [image_processor.preprocess(expand2square(img, background), return_tensors="pt")["pixel_values"][0]
                for img in images]
     elif aspect == "anyres":
-        pinpoints = anyres_grid_pinpoints(model_cfg, image_processor.crop_size["height"])
-        out = [process_anyres_image(img, image_processor, pinpoints) for img in images]
+        crop = image_processor.crop_size["height"]
+        out = [process_anyres_image(img, image_processor, anyres_resolution(model_cfg, img.size, crop))
+               for img in images]
     else:
         return image_processor.preprocess(list(images), return_tensors="pt")["pixel_values"]
     if all(x.shape == out[0].shape for x in out):

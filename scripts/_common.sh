@@ -10,7 +10,14 @@
 #   EVAL_DIR        benchmark data root            (default: ./playground/data/eval)
 #   CUDA_VISIBLE_DEVICES  one inference shard per listed GPU; none set and no GPU: one CPU process
 #   PYTHON          interpreter                    (default: python)
-#   EXTRA_ARGS      extra flags for the inference CLI (e.g. "--batch-size 8" or "--device cpu")
+#   EXTRA_ARGS      extra flags for the inference CLI (e.g. "--batch-size 8" or "--device cpu"). Every answers
+#                   file records its settings (<answers>.manifest.json): a rerun with other settings into the same
+#                   folder stops with the list of differences instead of reusing answers; pass "--overwrite" to redo
+#                   the run, or set RUN_TAG to keep it beside the first.
+#   RUN_TAG         suffix of the answers/score folder, e.g. RUN_TAG=bs8 -> n_58-bs8 (default: none)
+#   NUM_NODES, NODE_RANK, GPUS_PER_NODE, STAGE  several machines: see run_sharded below
+#   ALLOW_PARTIAL   1: merge and score even if some questions have no answer (e.g. unreadable images skipped
+#                   with --skip-missing-images); every score is then marked partial (default: 0, an error)
 set -euo pipefail
 
 fastervlm_init() {
@@ -30,8 +37,10 @@ fastervlm_init() {
     MODEL_PATH=${MODEL_PATH:-$CKPT_DIR/$CKPT}
     EVAL_DIR=${EVAL_DIR:-./playground/data/eval}
     PYTHON=${PYTHON:-python}
-    PARAM=n_${TOKENS}
+    PARAM=n_${TOKENS}${RUN_TAG:+-$RUN_TAG}
     EXTRA_ARGS=${EXTRA_ARGS:-}
+    PARTIAL=()
+    [[ ${ALLOW_PARTIAL:-0} == 1 ]] && PARTIAL=(--allow-partial)
     export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 }
 
@@ -41,9 +50,19 @@ answers_dir() { echo "$EVAL_DIR/$1/answers/$CKPT/$METHOD/$PARAM"; }
 # Score file read by `python -m llava.eval.summarize`.
 score_file() { echo "$EVAL_DIR/$1/scores/$CKPT/$METHOD/$PARAM.json"; }
 
+# score MODULE [ARGS...]: run a scorer or converter, passing --allow-partial when ALLOW_PARTIAL=1.
+score() {
+    local module=$1
+    shift
+    "$PYTHON" -m "$module" "$@" ${PARTIAL[@]+"${PARTIAL[@]}"}
+}
+
 # run_sharded OUT_DIR MODULE [ARGS...]
-# One process per GPU in CUDA_VISIBLE_DEVICES, each answering a contiguous chunk of the questions into
-# OUT_DIR/<chunks>_<idx>.jsonl (appending and resuming), then OUT_DIR/merge.jsonl in chunk order.
+# One process per GPU in CUDA_VISIBLE_DEVICES (one CPU process without GPUs), each answering a contiguous chunk
+# of the questions into OUT_DIR/<chunks>_<idx>.jsonl (appending and resuming), then OUT_DIR/merge.jsonl in chunk
+# order. Over several machines (NUM_NODES > 1) the chunks are numbered across all nodes, node NODE_RANK answers
+# its own GPUS_PER_NODE of them (STAGE=infer), and one later run with STAGE=merge merges them and scores;
+# scripts/slurm/eval_array.sbatch does both with a SLURM job array.
 run_sharded() {
     local out_dir=$1 module=$2
     shift 2
@@ -51,23 +70,38 @@ run_sharded() {
     if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
         IFS=',' read -ra gpus <<< "$CUDA_VISIBLE_DEVICES"
     fi
-    local chunks=${#gpus[@]}
-    (( chunks > 0 )) || chunks=1
-    mkdir -p "$out_dir"
-    local pids=() idx
-    for (( idx = 0; idx < chunks; idx++ )); do
-        # shellcheck disable=SC2086
-        CUDA_VISIBLE_DEVICES=${gpus[$idx]:-${CUDA_VISIBLE_DEVICES:-}} "$PYTHON" -m "$module" "$@" \
-            --model-path "$MODEL_PATH" --pruning-method "$METHOD" \
-            --answers-file "$out_dir/${chunks}_${idx}.jsonl" --num-chunks "$chunks" --chunk-idx "$idx" $EXTRA_ARGS &
-        pids+=($!)
-    done
-    local failed=0 pid
-    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-    if (( failed )); then
-        echo "inference failed in at least one shard; finished answers are kept in $out_dir, rerun to resume" >&2
-        exit 1
+    local local_chunks=${GPUS_PER_NODE:-${#gpus[@]}}
+    (( local_chunks > 0 )) || local_chunks=1
+    local nodes=${NUM_NODES:-1} rank=${NODE_RANK:-0}
+    local stage=${STAGE:-$( (( nodes > 1 )) && echo infer || echo all)}
+    if [[ ! $nodes =~ ^[1-9][0-9]*$ || ! $rank =~ ^[0-9]+$ ]] || (( rank >= nodes )); then
+        echo "NODE_RANK=$rank must lie in [0, NUM_NODES=$nodes)" >&2
+        exit 2
     fi
-    "$PYTHON" -m llava.eval.merge_chunks --out "$out_dir/merge.jsonl" \
+    case $stage in all|infer|merge) ;; *) echo "STAGE=$stage: expected all, infer or merge" >&2; exit 2 ;; esac
+    local chunks=$(( nodes * local_chunks ))
+    mkdir -p "$out_dir"
+    if [[ $stage != merge ]]; then
+        local pids=() j
+        for (( j = 0; j < local_chunks; j++ )); do
+            local idx=$(( rank * local_chunks + j ))
+            # shellcheck disable=SC2086
+            CUDA_VISIBLE_DEVICES=${gpus[$j]:-${CUDA_VISIBLE_DEVICES:-}} "$PYTHON" -m "$module" "$@" \
+                --model-path "$MODEL_PATH" --pruning-method "$METHOD" \
+                --answers-file "$out_dir/${chunks}_${idx}.jsonl" --num-chunks "$chunks" --chunk-idx "$idx" $EXTRA_ARGS &
+            pids+=($!)
+        done
+        local failed=0 pid
+        for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+        if (( failed )); then
+            echo "inference failed in at least one shard; finished answers are kept in $out_dir, rerun to resume" >&2
+            exit 1
+        fi
+        if [[ $stage == infer ]]; then
+            echo "node $rank of $nodes: chunks answered in $out_dir; once every node has finished, rerun with STAGE=merge"
+            exit 0
+        fi
+    fi
+    "$PYTHON" -m llava.eval.merge_chunks --out "$out_dir/merge.jsonl" ${PARTIAL[@]+"${PARTIAL[@]}"} \
         $(for (( idx = 0; idx < chunks; idx++ )); do echo "$out_dir/${chunks}_${idx}.jsonl"; done)
 }

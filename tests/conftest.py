@@ -2,6 +2,16 @@ import os
 from pathlib import Path
 
 import pytest
+from packaging import version
+
+from llava.compat import TRANSFORMERS_VERSION
+from llava.pruning.llm import IN_LLM_MIN_TRANSFORMERS
+
+# In-LLM pruning (FastV, cls-llm-layer2, AdaptPrune) needs a newer transformers than the rest; below it, its tests
+# are skipped and tests/test_pruning.py checks the error that names the release.
+IN_LLM_SUPPORTED = TRANSFORMERS_VERSION >= version.parse(IN_LLM_MIN_TRANSFORMERS)
+requires_in_llm = pytest.mark.skipif(not IN_LLM_SUPPORTED,
+                                     reason=f"in-LLM pruning needs transformers >= {IN_LLM_MIN_TRANSFORMERS}")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FASTERVLM_SHARED", ROOT.parent / "shared"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 
 def checkpoint_state(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -31,6 +31,30 @@ def reference_llama(ckpt: Path) -> LlamaForCausalLM:
              if not k.startswith(("model.mm_projector.", "model.vision_tower.", "model.image_newline"))}
     llama.load_state_dict(state, strict=True)
     return llama.eval()
+
+
+def eager_437_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers 4.37's eager ``CLIPAttention`` arithmetic, the release FasterVLM's image code pins.
+
+    4.37 multiplied the projected query by the scale, took ``bmm(query, key^T)`` and a softmax in the
+    input dtype; the ``eager`` of later releases scales the logits instead and takes the softmax in fp32.
+    Registered as ``attn_implementation="eager_437"``, so a stock ``CLIPVisionModel`` runs it.
+    """
+    weights = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register("eager_437", eager_437_attention)
+
+
+def kept_set_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Two (cases, k) kept-index tensors: the fraction of cases keeping the same set, and the mean overlap |A ∩ B| / k."""
+    same = [set(x.tolist()) == set(y.tolist()) for x, y in zip(a, b)]
+    overlap = [len(set(x.tolist()) & set(y.tolist())) / len(x) for x, y in zip(a, b)]
+    return sum(same) / len(same), sum(overlap) / len(overlap)
 
 
 def reference_tower(ckpt: Path) -> CLIPVisionModel:

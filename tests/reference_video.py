@@ -2,9 +2,12 @@
 
 - ``eager_languagebind``: LanguageBind's vision transformer in plain torch with eager (materialised)
   attention, laid out as upstream's ``modeling_video.py``: ``(b t) n d -> (b n) t d`` for the temporal
-  attention, every layer's hidden states and spatial attention maps returned.
+  attention, every layer's hidden states and spatial attention maps returned. Its arithmetic is
+  transformers 4.31's ``CLIPAttention`` (the release upstream pins): query scaled first, softmax in the
+  dtype of the weights given, so fed fp16 weights it is upstream's fp16 tower.
 - ``reference_frame_tokens``: FasterVLM's ``encode_videos`` on those outputs.
-- ``reference_llama`` / ``hf_video_llava``: the language side as stock transformers models.
+- ``reference_llama`` / ``hf_video_llava``: the language side as stock transformers models, through APIs that
+  transformers 4.56 and 5.x share (``get_video_features``' return type changed between them).
 """
 from __future__ import annotations
 
@@ -20,10 +23,17 @@ VIDEO = "model.video_tower.video_tower."
 
 
 def checkpoint_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's shards (LLM, projector and the embedded towers) in fp32."""
     state = {}
     for shard in sorted(ckpt.glob("pytorch_model-*.bin")):
         state.update(torch.load(shard, map_location="cpu", weights_only=True))
     return {k: v.float() for k, v in state.items()}
+
+
+def tower_state(ckpt: Path, folder: str, prefix: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The LanguageBind folder's ``vision_model.*`` weights (what upstream loads), renamed to ``prefix*``, in ``dtype``."""
+    state = torch.load(ckpt / folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    return {prefix + k[len("vision_model."):]: v.to(dtype) for k, v in state.items() if k.startswith("vision_model.")}
 
 
 def _attention(state: dict, p: str, h: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +41,7 @@ def _attention(state: dict, p: str, h: torch.Tensor, heads: int) -> tuple[torch.
     B, S, C = h.shape
     q, k, v = (F.linear(h, state[f"{p}{n}_proj.weight"], state[f"{p}{n}_proj.bias"]).view(B, S, heads, -1).transpose(1, 2)
                for n in "qkv")
-    weights = ((q @ k.transpose(-1, -2)) * (C // heads) ** -0.5).softmax(-1)
+    weights = ((q * (C // heads) ** -0.5) @ k.transpose(-1, -2)).softmax(-1)
     out = (weights @ v).transpose(1, 2).reshape(B, S, C)
     return F.linear(out, state[f"{p}out_proj.weight"], state[f"{p}out_proj.bias"]), weights
 
@@ -77,8 +87,9 @@ def tower_config(ckpt: Path, folder: str) -> dict:
 
 
 def reference_video_tower(ckpt: Path, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer -2 of the eager video tower: patch features (B, T, N, C) and spatial [CLS]→patch attention (B, T, heads, N)."""
-    state = checkpoint_state(ckpt)
+    """Layer -2 of the eager video tower (``videos.dtype``, weights from LanguageBind_Video_merge/): patch features
+    (B, T, N, C) and spatial [CLS]→patch attention (B, T, heads, N)."""
+    state = tower_state(ckpt, "LanguageBind_Video_merge", VIDEO, videos.dtype)
     hidden, attentions = eager_languagebind(state, VIDEO, tower_config(ckpt, "LanguageBind_Video_merge"), videos)
     return hidden[-2][:, :, 1:], attentions[-2][:, :, :, 0, 1:]
 
@@ -122,7 +133,11 @@ def hf_video_llava(ckpt: Path, video_token_id: int) -> tuple[VideoLlavaForCondit
                               video_token_index=video_token_id, vision_feature_layer=cfg["mm_vision_select_layer"],
                               projector_hidden_act="gelu")
     model = VideoLlavaForConditionalGeneration(config).eval()
-    renames = [("model.video_tower.video_tower.", "model.video_tower."), ("model.image_tower.image_tower.", "model.image_tower."),
+    # The towers are CLIPVisionModels: transformers 4.x nests their modules under .vision_model, 5.x does not.
+    nested = any(".vision_model." in key for key in model.state_dict())
+    tower = "vision_model." if nested else ""
+    renames = [("model.video_tower.video_tower.", f"model.video_tower.{tower}"),
+               ("model.image_tower.image_tower.", f"model.image_tower.{tower}"),
                ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
                ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."), ("model.", "model.language_model.")]
     state = {}
@@ -135,3 +150,25 @@ def hf_video_llava(ckpt: Path, video_token_id: int) -> tuple[VideoLlavaForCondit
     result = model.load_state_dict(state, strict=False)
     assert not result.missing_keys, result.missing_keys
     return model, list(result.unexpected_keys)
+
+
+def hf_video_tokens(hf: VideoLlavaForConditionalGeneration, videos: torch.Tensor) -> torch.Tensor:
+    """HF Video-LLaVA's projected frame tokens for (B, 3, T, H, W) videos: (B·T, 1+N, D), [CLS] included.
+
+    ``get_video_features`` returns ``(features, frames)`` in transformers 4.x and an output whose
+    ``pooler_output`` holds them in 5.x.
+    """
+    out = hf.model.get_video_features(pixel_values_videos=videos.transpose(1, 2))
+    return out[0] if isinstance(out, tuple) else out.pooler_output
+
+
+def hf_logits(hf: VideoLlavaForConditionalGeneration, ids: torch.Tensor, video_token_id: int,
+              tokens: torch.Tensor) -> torch.Tensor:
+    """HF Video-LLaVA's logits for (1, L) ``ids`` whose ``video_token_id`` positions take ``tokens`` (K, D) in order.
+
+    The tokens are spliced into ``inputs_embeds`` (an argument every release takes) rather than passed as
+    encoder outputs, which only transformers 5 accepts.
+    """
+    embeds = hf.get_input_embeddings()(ids)
+    embeds[ids == video_token_id] = tokens.to(embeds.dtype)
+    return hf(inputs_embeds=embeds).logits

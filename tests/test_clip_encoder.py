@@ -5,18 +5,24 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from llava.model.builder import load_pretrained_model
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.pruning.base import select_topk_raster
+from reference import kept_set_agreement  # also registers attn_implementation="eager_437"
 
 
-def make_tower(tmp_path, select_layer: int, layers: int = 4, seed: int = 0) -> tuple[CLIPVisionTower, str]:
+def make_tower(tmp_path, select_layer: int, layers: int = 4, seed: int = 0, image_size: int = 56, hidden: int = 32,
+               arithmetic: str | None = None) -> tuple[CLIPVisionTower, str]:
     torch.manual_seed(seed)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                           image_size=56, patch_size=14)
+    cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, image_size=image_size, patch_size=14)
     CLIPVisionModel(cfg).save_pretrained(tmp_path)
     from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor
 
-    CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}).save_pretrained(tmp_path)
-    args = type("Args", (), {"mm_vision_select_layer": select_layer, "mm_vision_select_feature": "patch"})()
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(tmp_path)
+    args = type("Args", (), {"mm_vision_select_layer": select_layer, "mm_vision_select_feature": "patch",
+                             "cls_attn_arithmetic": arithmetic})()
     return CLIPVisionTower(str(tmp_path), args), str(tmp_path)
 
 
@@ -66,3 +72,56 @@ def test_missing_tower_names_the_path(tmp_path):
     args = type("Args", (), {"mm_vision_select_layer": -2, "mm_vision_select_feature": "patch"})()
     with pytest.raises(OSError, match="no-such-tower"):
         CLIPVisionTower(str(tmp_path / "no-such-tower"), args)
+
+
+@pytest.mark.parametrize("select_layer", [-2, 2])
+def test_upstream_arithmetic_equals_437_eager_clip_in_fp16(tmp_path, select_layer):
+    """cls_attn_arithmetic="upstream" in fp16 is a stock CLIPVisionModel(output_attentions=True) running transformers
+    4.37's eager attention (as LLaVA-1.6's fp16 tower did upstream), bit for bit; today's eager (fp32 softmax, logits
+    scaled after the product) differs from it only by fp16 rounding."""
+    tower, path = make_tower(tmp_path, select_layer, arithmetic="upstream")
+    tower.to(torch.float16)
+    pixels = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(1)).half()
+    feats, attn = tower(pixels)
+    attn_index = select_layer if select_layer < 0 else select_layer - 1
+    for implementation, tolerance in (("eager_437", 0), ("eager", 2e-2)):
+        eager = CLIPVisionModel.from_pretrained(path, attn_implementation=implementation, dtype=torch.float16).eval()
+        with torch.no_grad():
+            out = eager(pixels, output_hidden_states=True, output_attentions=True)
+        torch.testing.assert_close(feats, out.hidden_states[select_layer][:, 1:], atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close(attn, out.attentions[attn_index][:, :, 0, 1:], atol=tolerance / 100, rtol=tolerance)
+    tower.cls_attn_arithmetic = "fp32"
+    assert not torch.equal(tower(pixels)[1], attn)  # the two arithmetics do differ in fp16
+
+
+def test_fp16_kept_sets_fp32_vs_upstream_arithmetic(tmp_path):
+    """How often FasterVLM keeps other patches under the default fp32 scores than under upstream's fp16 eager
+    arithmetic: a random fp16 CLIP at LLaVA's 336 px (576 patches), 16 images × the paper's 5 budgets = 80 cases.
+    The upstream path keeps exactly the 4.37-eager reference's sets; the fp32 path departs from them in some cases."""
+    tower, path = make_tower(tmp_path, -2, layers=4, image_size=336, hidden=64)
+    tower.to(torch.float16)
+    reference = CLIPVisionModel.from_pretrained(path, attn_implementation="eager_437", dtype=torch.float16).eval()
+    pixels = torch.randn(16, 3, 336, 336, generator=torch.Generator().manual_seed(2)).half()
+    with torch.no_grad():
+        ref_scores = reference(pixels, output_attentions=True).attentions[-2][:, :, 0, 1:].mean(dim=1)  # (16, 576)
+    scores = {}
+    for arithmetic in ("fp32", "upstream"):
+        tower.cls_attn_arithmetic = arithmetic
+        scores[arithmetic] = tower(pixels)[1].mean(dim=1)
+    figures = {}
+    for k in (432, 288, 144, 58, 29):
+        keep = {name: select_topk_raster(s, k) for name, s in scores.items()}
+        assert torch.equal(keep["upstream"], select_topk_raster(ref_scores, k))
+        figures[k] = kept_set_agreement(keep["fp32"], keep["upstream"])
+    same = sum(f[0] for f in figures.values()) / len(figures)
+    overlap = sum(f[1] for f in figures.values()) / len(figures)
+    print(f"fp16 CLIP, fp32 vs upstream kept sets over 80 cases: same set {same:.1%}, mean overlap {overlap:.2%}; "
+          + ", ".join(f"k={k}: {s:.0%}/{o:.2%}" for k, (s, o) in figures.items()))
+    assert same < 1 and overlap > 0.9
+
+
+def test_cls_attn_arithmetic_reaches_the_tower(tiny_ckpt):
+    _, model, _, _ = load_pretrained_model(str(tiny_ckpt), device="cpu", cls_attn_arithmetic="upstream")
+    assert model.get_vision_tower().cls_attn_arithmetic == model.config.cls_attn_arithmetic == "upstream"
+    with pytest.raises(ValueError, match="cls_attn_arithmetic 'fp16'"):
+        load_pretrained_model(str(tiny_ckpt), device="cpu", cls_attn_arithmetic="fp16")

@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +27,7 @@ def questions(tmp_path):
 def test_question_order_and_processing(questions, tmp_path, capsys):
     res = tmp_path / "answers.jsonl"
     _write_lines(res, [{"question_id": 2, "text": "Unanswerable"}, {"question_id": 0, "text": "A can of Coke."},
-                       {"question_id": 1, "text": "Two"}, {"question_id": 7, "text": "extra"}])
+                       {"question_id": 1, "text": "Two"}])
     out = tmp_path / "upload.json"
     conv.main(["--annotation-file", str(questions), "--result-file", str(res), "--result-upload-file", str(out)])
     assert read_json(out) == [{"image": "VizWiz_test_00000000.jpg", "answer": "can of coke"},
@@ -33,11 +36,16 @@ def test_question_order_and_processing(questions, tmp_path, capsys):
     assert "questions: 3" in capsys.readouterr().out
 
 
-def test_missing_answers_are_listed(questions, tmp_path):
+def test_missing_answers_are_listed(questions, tmp_path, capsys):
     res = tmp_path / "answers.jsonl"
     _write_lines(res, [{"question_id": 1, "text": "x"}])
-    with pytest.raises(InputError, match=r"2 of 3 questions .* no answer: 0, 2$"):
+    with pytest.raises(InputError, match=r"answers\.jsonl: 2 of 3 questions have no answer, e\.g\. 0, 2 "):
         conv.convert(str(questions), str(res))
+    out = tmp_path / "upload.json"
+    conv.main(["--annotation-file", str(questions), "--result-file", str(res), "--result-upload-file", str(out),
+               "--allow-partial"])
+    assert "PARTIAL upload: 2 of 3 questions are unanswered" in capsys.readouterr().out
+    assert [u["answer"] for u in read_json(out)] == ["", "x", ""]
 
 
 def test_reproduces_llava_upload_file(shared_dir, tmp_path):
@@ -50,3 +58,47 @@ def test_reproduces_llava_upload_file(shared_dir, tmp_path):
     assert len(upload) == 8000 and sum(x["answer"] == "unanswerable" for x in upload) == 2361
     assert upload == read_json(expected)
     assert out.read_bytes() == expected.read_bytes()  # byte-for-byte, as json.dump writes it
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"question_id": 0, "text": "Pepsi"}, r"answers\.jsonl:4: duplicate answer for question_id 0 \(first at line 1\)"),
+    ({"question_id": 7, "text": "extra"}, r"answers\.jsonl:4: question_id 7 is not in .*llava_test\.jsonl"),
+    ({"question_id": [1], "text": "x"}, r"answers\.jsonl:4: question_id must be an integer or a string"),
+    ({"question_id": 1, "text": 2}, r"answers\.jsonl:4: 'text' must be a string"),
+])
+def test_bad_answer_lines_are_named(questions, tmp_path, line, message):
+    """A conflicting duplicate used to overwrite the first answer; unknown ids were ignored."""
+    res = tmp_path / "answers.jsonl"
+    _write_lines(res, [{"question_id": i, "text": "x"} for i in range(3)] + [line])
+    with pytest.raises(InputError, match=message):
+        conv.convert(str(questions), str(res))
+
+
+def test_duplicate_question_is_named(questions, tmp_path):
+    with open(questions, "a") as f:
+        f.write(json.dumps({"question_id": 1, "image": "VizWiz_test_00000009.jpg"}) + "\n")
+    with pytest.raises(InputError, match=r"llava_test\.jsonl:4: duplicate question_id 1 \(first at line 2\)"):
+        conv.load_questions(str(questions))
+
+
+def test_upload_bytes_escape_non_ascii(questions, tmp_path):
+    res = tmp_path / "answers.jsonl"
+    _write_lines(res, [{"question_id": 0, "text": "Café"}, {"question_id": 1, "text": "日本"},
+                       {"question_id": 2, "text": "Unanswerable"}])
+    out = tmp_path / "upload.json"
+    conv.main(["--annotation-file", str(questions), "--result-file", str(res), "--result-upload-file", str(out)])
+    # json.dump defaults, as upstream: \u escapes, ", " and ": ", no trailing newline.
+    assert out.read_bytes() == (b'[{"image": "VizWiz_test_00000000.jpg", "answer": "caf\\u00e9"}, '
+                                b'{"image": "VizWiz_test_00000001.jpg", "answer": "\\u65e5\\u672c"}, '
+                                b'{"image": "VizWiz_test_00000002.jpg", "answer": "unanswerable"}]')
+
+
+def test_cli_errors_are_one_line(questions, tmp_path):
+    res = tmp_path / "answers.jsonl"
+    _write_lines(res, [{"question_id": 0, "text": "x"}])
+    result = subprocess.run([sys.executable, "-m", "llava.eval.convert_vizwiz_for_submission",
+                             "--annotation-file", str(questions), "--result-file", str(res),
+                             "--result-upload-file", str(tmp_path / "u.json")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {res}: 2 of 3 questions have no answer")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import openpyxl
@@ -118,7 +120,7 @@ def test_missing_and_extra_predictions(tiny, tmp_path):
     lines = answers.read_text().splitlines()
     short = tmp_path / "short.jsonl"
     short.write_text("\n".join(lines[:-2]) + "\n")
-    with pytest.raises(InputError, match=r"2 of 7 TSV rows have no prediction"):
+    with pytest.raises(InputError, match=r"short\.jsonl: 2 of 7 TSV rows have no answer, e\.g\. 1000001, 2"):
         conv.build_upload(tsv, short)
     extra = tmp_path / "extra.jsonl"
     extra.write_text(answers.read_text() + json.dumps({"question_id": 99, "text": "A"}) + "\n")
@@ -189,3 +191,109 @@ def test_control_characters_in_predictions_do_not_break_the_xlsx(tmp_path):
     df = build_upload(tsv, answers)
     write_upload(df, tmp_path / "u.xlsx")
     assert pd.read_excel(tmp_path / "u.xlsx")["prediction"].tolist() == ["A"]
+
+
+# --- safe outputs, partial runs, provenance, errors ------------------------------------
+
+FORMULAS = ['=HYPERLINK("http://example.com/x","click")', "=1+1", "#DIV/0!", "=cmd|' /C calc'!A0", "#N/A"]
+# pandas reads a "#N/A" TSV cell as missing, so the options carry another formula there.
+OPTIONS = FORMULAS[:-1] + ["=2*3"]
+
+
+def test_formula_like_texts_stay_text_cells(tmp_path):
+    """openpyxl stores '=...' as a formula and '#N/A' as an error cell; the upload keeps them as plain text."""
+    rows = [{"index": i, "question": "Which?", "hint": None, "A": text, "B": "plain", "C": None, "D": None,
+             "answer": "A", "category": "c", "image": IMAGE, "source": "s", "l2-category": "l2", "comment": None,
+             "split": "dev"} for i, text in enumerate(OPTIONS)]
+    tsv = tmp_path / "dev.tsv"
+    pd.DataFrame(rows, columns=TSV_COLUMNS).to_csv(tsv, sep="\t", index=False)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": i, "text": t}) + "\n" for i, t in enumerate(FORMULAS)))
+    upload = tmp_path / "upload.xlsx"
+    conv.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--upload-file", str(upload)])
+    sheet = openpyxl.load_workbook(upload).active
+    header = [c.value for c in sheet[1]]
+    for n, (option, prediction) in enumerate(zip(OPTIONS, FORMULAS), 2):
+        for column, text in (("A", option), ("prediction", prediction)):
+            cell = sheet.cell(row=n, column=header.index(column) + 1)
+            assert (cell.data_type, cell.value) == ("s", text), (column, text)
+    df = pd.read_excel(upload, dtype=str, keep_default_na=False)
+    assert df["prediction"].tolist() == FORMULAS and df["A"].tolist() == OPTIONS
+    # The first four predictions are their option A's text (the text rule finds A); pandas reads "#N/A" as missing.
+    assert mmb.evaluate(mmb.read_upload(upload), str(upload))["circular_hits"] == 4
+
+
+@pytest.mark.parametrize("values, message", [
+    (["0", "1", "abc"], r"dev\.tsv: line 4: index 'abc' is not an integer"),
+    (["0", "", "2"], r"dev\.tsv: line 3: index nan is not an integer"),
+    (["0", "1.5", "2"], r"dev\.tsv: line 3: index 1\.5 is not an integer"),
+    (["0", "1", "1"], r"dev\.tsv: line 4: duplicate index 1 \(first at line 3\)"),
+])
+def test_bad_index_names_the_line(tmp_path, values, message):
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("index\tquestion\tA\tB\tanswer\n" + "".join(f"{v}\tQ?\tx\ty\tA\n" for v in values))
+    with pytest.raises(InputError, match=message):
+        conv.read_tsv(tsv)
+
+
+def test_bad_upload_index_names_the_sheet_row(tiny, tmp_path):
+    tsv, answers = tiny
+    df = conv.build_upload(tsv, answers).astype({"index": object})
+    df.loc[2, "index"] = "abc"
+    conv.write_upload(df, tmp_path / "u.xlsx")
+    with pytest.raises(InputError, match=r"u\.xlsx: row 4: index 'abc' is not an integer"):
+        mmb.read_upload(tmp_path / "u.xlsx")
+
+
+def test_partial_answers(tiny, tmp_path, capsys):
+    tsv, answers = tiny
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(line + "\n" for line in answers.read_text().splitlines()
+                             if '"question_id": 1000001' not in line))
+    upload = tmp_path / "upload.xlsx"
+    args = ["--annotation-file", str(tsv), "--result-file", str(short)]
+    conv.main(args + ["--upload-file", str(upload), "--allow-partial"])
+    out = capsys.readouterr().out
+    assert "PARTIAL upload: 1 of 7 rows have no prediction" in out
+    assert pd.isna(mmb.read_upload(upload).set_index("index").loc[1_000_001, "prediction"])
+    with pytest.raises(InputError, match=r"short\.jsonl: 1 of 7 TSV rows have no answer"):
+        mmb.main(args)
+    score_file = tmp_path / "score.json"
+    mmb.main(args + ["--allow-partial", "--score-file", str(score_file)])
+    assert "PARTIAL score: 1 of 7 TSV rows" in capsys.readouterr().err
+    score = read_json(score_file)
+    # Question 1 lost a copy and is not scored; of 0 (all right) and 2 (unmatched), one is a hit.
+    assert score["partial"] == {"answered": 6, "expected": 7, "missing": 1}
+    assert (score["details"]["questions"], score["details"]["circular_hits"]) == (2, 1) and score["score"] == 50.0
+    with pytest.raises(SystemExit):
+        mmb.main(["--upload-file", str(upload), "--allow-partial"])
+
+
+def test_manifest_follows_the_upload(tiny, tmp_path):
+    tsv, answers = tiny
+    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
+    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    upload, score_file = tmp_path / "upload.xlsx", tmp_path / "score.json"
+    conv.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--upload-file", str(upload)])
+    mmb.main(["--upload-file", str(upload), "--score-file", str(score_file)])
+    score = read_json(score_file)
+    assert score["manifest"] == manifest and score["answers_file"] == str(upload) and score["partial"] is None
+    mmb.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--score-file", str(score_file)])
+    assert read_json(score_file)["manifest"] == manifest
+    # Answers without a manifest: the upload must not keep the one of an earlier run.
+    (tmp_path / "answers.jsonl.manifest.json").unlink()
+    conv.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--upload-file", str(upload)])
+    assert not (tmp_path / "upload.xlsx.manifest.json").exists()
+
+
+@pytest.mark.parametrize("module", ["convert_mmbench_for_submission", "eval_mmbench"])
+def test_cli_errors_are_one_line(tiny, tmp_path, module):
+    tsv, _ = tiny
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question_id": 0, "text": 5}) + "\n")
+    out = ["--upload-file", str(tmp_path / "u.xlsx")] if module.startswith("convert") else []
+    result = subprocess.run([sys.executable, "-m", f"llava.eval.{module}", "--annotation-file", str(tsv),
+                             "--result-file", str(bad), *out],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {bad}:1: text must be a string")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,8 +59,8 @@ def test_join_by_id_with_shuffled_answers(tmp_path: Path) -> None:
     random.Random(0).shuffle(answers)
     rfile = _jsonl(tmp_path / "answers.jsonl", answers)
 
-    scores = eval_pope.evaluate(str(ann_dir), str(qfile), str(rfile))
-    assert list(scores) == ["adversarial", "popular", "random"]
+    scores, partial = eval_pope.evaluate(str(ann_dir), str(qfile), str(rfile))
+    assert list(scores) == ["adversarial", "popular", "random"] and partial is None
     adv, pop, rnd = scores.values()
     assert (adv.tp, adv.fp, adv.tn, adv.fn) == (2, 0, 2, 0) and adv.f1 == 1.0
     assert (pop.tp, pop.fp, pop.tn, pop.fn) == (2, 2, 0, 0)
@@ -87,9 +89,10 @@ def test_main_never_yes_and_score_file(tmp_path: Path, capsys: pytest.CaptureFix
 def test_partial_answers_warn(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ann_dir, qfile, questions = _fixture(tmp_path)
     rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": 1, "text": "Yes"}])
-    scores = eval_pope.evaluate(str(ann_dir), str(qfile), str(rfile))
+    scores, partial = eval_pope.evaluate(str(ann_dir), str(qfile), str(rfile), allow_partial=True)
     assert list(scores) == ["adversarial"] and scores["adversarial"].tp == 1
     assert "10 of 11 questions have no answer" in capsys.readouterr().err
+    assert partial == {"answered": 1, "expected": 11, "missing": 10}
 
 
 @pytest.mark.parametrize("answers, message", [
@@ -126,3 +129,61 @@ def test_llava_13b_reference(shared_dir: Path, tmp_path: Path, capsys: pytest.Ca
     assert score["details"]["random"]["tp"] + score["details"]["random"]["fn"] == 1500
     # Mean accuracy differs (86.98), which is why the reported metric must be F1.
     assert round(sum(100 * d["accuracy"] for d in score["details"].values()) / 3, 2) == 86.98
+
+
+def test_missing_answers_are_an_error_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ann_dir, qfile, questions = _fixture(tmp_path)
+    rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": q["question_id"], "text": "Yes"}
+                                                for q in questions if q["category"] != "random"])
+    args = ["--annotation-dir", str(ann_dir), "--question-file", str(qfile), "--result-file", str(rfile)]
+    with pytest.raises(InputError, match=r"answers\.jsonl: 3 of 11 questions have no answer, e\.g\. 10000003, "
+                                         r"10000002, 10000001"):
+        eval_pope.main(args)
+    score_file = tmp_path / "score.json"
+    eval_pope.main(args + ["--allow-partial", "--score-file", str(score_file)])
+    assert "PARTIAL score: 3 of 11 questions" in capsys.readouterr().err
+    score = json.loads(score_file.read_text())
+    assert score["partial"] == {"answered": 8, "expected": 11, "missing": 3}
+    assert list(score["details"]) == ["adversarial", "popular"]  # all yes: F1 = 2/3 on both
+    assert score["score"] == pytest.approx(100 * 2 / 3) and score["answers_file"] == str(rfile)
+
+
+def test_score_file_carries_the_run_manifest(tmp_path: Path) -> None:
+    ann_dir, qfile, questions = _fixture(tmp_path)
+    rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": q["question_id"], "text": "No"} for q in questions])
+    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
+    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    score_file = tmp_path / "score.json"
+    eval_pope.main(["--annotation-dir", str(ann_dir), "--question-file", str(qfile), "--result-file", str(rfile),
+                    "--score-file", str(score_file)])
+    score = json.loads(score_file.read_text())
+    assert score["manifest"] == manifest and score["partial"] is None
+
+
+def test_duplicate_answer_names_both_lines(tmp_path: Path) -> None:
+    ann_dir, qfile, questions = _fixture(tmp_path)
+    rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": 1, "text": "Yes"}, {"question_id": 2, "text": "No"},
+                                                {"question_id": 1, "text": "No"}])
+    with pytest.raises(InputError, match=r"answers\.jsonl:3: duplicate answer for question_id 1 \(first at line 1\)"):
+        eval_pope.evaluate(str(ann_dir), str(qfile), str(rfile), allow_partial=True)
+
+
+def test_non_string_fields_are_named(tmp_path: Path) -> None:
+    ann_dir, _, questions = _fixture(tmp_path)
+    questions[2] = {**questions[2], "image": ["img0.jpg"]}
+    qfile = _jsonl(tmp_path / "questions.jsonl", questions)
+    with pytest.raises(InputError, match=r"questions\.jsonl:3: 'question_id' must be an int or string, 'image' and"):
+        eval_pope.evaluate(str(ann_dir), str(qfile), str(qfile))
+    _jsonl(ann_dir / "coco_pope_adversarial.json", [{"image": "img0.jpg", "text": 5, "label": "yes"}])
+    with pytest.raises(InputError, match=r"coco_pope_adversarial\.json:1: 'image' and 'text' must be strings"):
+        eval_pope.load_labels(str(ann_dir), "adversarial")
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    ann_dir, qfile, _ = _fixture(tmp_path)
+    rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": 1, "text": "Yes"}])
+    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_pope", "--annotation-dir", str(ann_dir),
+                             "--question-file", str(qfile), "--result-file", str(rfile)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {rfile}: 10 of 11 questions have no answer")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,18 +56,24 @@ def test_problems_json_and_missing_prediction(tmp_path: Path, capsys: pytest.Cap
                 "9": {"answer": 0, "choices": ["a", "b"], "image": None}}
     (base / "problems.json").write_text(json.dumps(problems))
     (base / "pid_splits.json").write_text(json.dumps({"test": ["1", "2", "3"], "val": ["9"]}))
-    # Shuffled order, int ids, one answer outside the split; problem 3 (an image one) unanswered.
-    rfile = _answers(tmp_path / "answers.jsonl", [
-        {"question_id": 2, "prompt": "Q2" + SUFFIX, "text": "The answer is C."},
-        {"question_id": "9", "prompt": "Q9", "text": "A"},
-        {"question_id": "1", "prompt": "<image>\nQ1" + SUFFIX, "text": "A. a"},
-    ])
+    # Shuffled order, int ids; problem 3 (an image one) unanswered, scored as upstream with --allow-partial.
+    rows = [{"question_id": 2, "prompt": "Q2" + SUFFIX, "text": "The answer is C."},
+            {"question_id": "1", "prompt": "<image>\nQ1" + SUFFIX, "text": "A. a"}]
+    rfile = _answers(tmp_path / "answers.jsonl", rows)
     out_file, res_file, score_file = tmp_path / "out.json", tmp_path / "res.json", tmp_path / "score.json"
-    sqa.main(["--base-dir", str(base), "--result-file", str(rfile), "--output-file", str(out_file),
-              "--output-result", str(res_file), "--score-file", str(score_file)])
+    args = ["--base-dir", str(base), "--result-file", str(rfile), "--output-file", str(out_file),
+            "--output-result", str(res_file), "--score-file", str(score_file)]
+    with pytest.raises(InputError, match=r"answers\.jsonl: 1 of 3 problems have no answer, e\.g\. '3'"):
+        sqa.main(args)
+    # An answer to a problem outside the split (here val's 9) is always an error.
+    _answers(rfile, rows + [{"question_id": "9", "prompt": "Q9", "text": "A"}])
+    with pytest.raises(InputError, match=r"answers\.jsonl: 1 answer\(s\) to problems not in split 'test', e\.g\. '9'"):
+        sqa.main(args + ["--allow-partial"])
+    _answers(rfile, rows)
+    sqa.main(args + ["--allow-partial"])
     captured = capsys.readouterr()
     assert "Total: 3, Correct: 2, Accuracy: 66.67%, IMG-Accuracy: 100.00%" in captured.out
-    assert "1 answer(s) are not in split 'test'" in captured.err
+    assert "PARTIAL score: 1 of 3 problems" in captured.err
     result = json.loads(res_file.read_text())
     assert result["results"] == {"1": 0, "2": 2, "3": -1}
     assert result["outputs"] == {"1": "A. a", "2": "The answer is C.", "3": "FAILED"}
@@ -76,6 +84,7 @@ def test_problems_json_and_missing_prediction(tmp_path: Path, capsys: pytest.Cap
     score = json.loads(score_file.read_text())
     assert score["benchmark"] == "sqa_img" and score["score"] == 100.0
     assert score["details"]["img_total"] == 1  # the missing image question counts as non-image
+    assert score["partial"] == {"answered": 2, "expected": 3, "missing": 1} and score["answers_file"] == str(rfile)
 
 
 def test_no_ground_truth(tmp_path: Path) -> None:
@@ -95,7 +104,10 @@ def test_bad_question_file(tmp_path: Path) -> None:
 def test_duplicate_answer(tmp_path: Path) -> None:
     rfile = _answers(tmp_path / "a.jsonl", [{"question_id": "1", "prompt": "Q", "text": "A"},
                                             {"question_id": 1, "prompt": "Q", "text": "B"}])
-    with pytest.raises(InputError, match=r"a.jsonl:2: duplicate answer for question_id '1'"):
+    with pytest.raises(InputError, match=r"a.jsonl:2: duplicate answer for question_id '1' \(first at line 1\)"):
+        sqa.load_predictions(str(rfile))
+    _answers(rfile, [{"question_id": ["1"], "prompt": "Q", "text": "A"}])
+    with pytest.raises(InputError, match=r"a.jsonl:1: question_id must be a string or an integer"):
         sqa.load_predictions(str(rfile))
 
 
@@ -120,6 +132,55 @@ def test_llava_13b_reference(shared_dir: Path, tmp_path: Path, capsys: pytest.Ca
     assert result["results"] == stored["results"]
     assert result == stored
     assert json.loads(out_file.read_text()) == json.loads((data / "answers/llava-v1.5-13b_output.jsonl").read_text())
+    # Byte for byte: \u escapes (e.g. the em dash of problem 4), indent 2, key order, no trailing newline.
+    assert res_file.read_bytes() == (data / "answers/llava-v1.5-13b_result.json").read_bytes()
+    assert out_file.read_bytes() == (data / "answers/llava-v1.5-13b_output.jsonl").read_bytes()
     score = json.loads(score_file.read_text())
     assert (score["details"]["img_correct"], score["details"]["img_total"]) == (1445, 2017)
     assert round(score["score"], 2) == 71.64
+
+
+def _three_problems(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Three text-only problems (answer A of 2); an image one would not change the rounding."""
+    base = tmp_path / "sqa"
+    base.mkdir()
+    (base / "problems.json").write_text(json.dumps({str(i): {"answer": 0, "choices": ["x", "y"]} for i in (1, 2, 3)}))
+    (base / "pid_splits.json").write_text(json.dumps({"test": ["1", "2", "3"]}))
+    return base, [{"question_id": str(i), "prompt": f"Q{i}\nA. x\nB. y{SUFFIX}", "text": t}
+                  for i, t in ((1, "A"), (2, "B"), (3, "B"))]
+
+
+def test_acc_rounds_as_upstream(tmp_path: Path) -> None:
+    base, rows = _three_problems(tmp_path)
+    rfile = _answers(tmp_path / "a.jsonl", rows)
+    res_file = tmp_path / "res.json"
+    sqa.main(["--base-dir", str(base), "--result-file", str(rfile), "--output-result", str(res_file)])
+    # 1 right of 3: upstream's correct / total * 100 is 33.33333333333333, while 100 * 1 / 3 is ...336.
+    assert 1 / 3 * 100 != 100 * 1 / 3
+    assert json.loads(res_file.read_text())["acc"] == 1 / 3 * 100
+    assert res_file.read_bytes().startswith(b'{\n  "acc": 33.33333333333333,\n  "correct": 1,\n  "count": 3,')
+
+
+def test_output_files_escape_non_ascii(tmp_path: Path) -> None:
+    base, rows = _three_problems(tmp_path)
+    rows[0]["prompt"] = "Caf\u00e9\u2014" + rows[0]["prompt"]
+    rows[1]["text"] = "\u00c9"
+    rfile = _answers(tmp_path / "a.jsonl", rows)
+    out_file, res_file = tmp_path / "out.json", tmp_path / "res.json"
+    sqa.main(["--base-dir", str(base), "--result-file", str(rfile), "--output-file", str(out_file),
+              "--output-result", str(res_file)])
+    out = out_file.read_bytes()
+    assert out.startswith(b'{\n  "correct": [\n    {\n      "question_id": "1",\n      "parsed_ans": "A",\n'
+                          b'      "ground_truth": "A",\n      "question": "Caf\\u00e9\\u2014Q1\\nA. x')
+    assert out.endswith(b'"is_multimodal": false\n    }\n  ]\n}')
+    assert b'"2": "\\u00c9"' in res_file.read_bytes() and out.isascii() and res_file.read_bytes().isascii()
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    base, rows = _three_problems(tmp_path)
+    rfile = _answers(tmp_path / "a.jsonl", rows[:2])
+    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_science_qa", "--base-dir", str(base),
+                             "--result-file", str(rfile)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {rfile}: 1 of 3 problems have no answer, e.g. '3'")

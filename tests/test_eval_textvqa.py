@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +92,99 @@ def test_real_prompts_recover_question(shared_dir):
         keys.add((a["question_id"], question))
     # question_id is the image id (3,166 images), but (image id, question) is unique
     assert len(keys) == 5000 and len({a["question_id"] for a in answers}) == 3166
+
+
+def _lines(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_duplicate_answer_is_refused(files):
+    ann, res = files
+    with open(res, "a") as f:  # a second copy of the first (right) answer would be counted twice
+        f.write(json.dumps(_answer("img1", "What brand is this?", "Coca Cola.")) + "\n")
+    with pytest.raises(InputError, match=r"answers\.jsonl:4: duplicate answer to question 'what brand is this\?' "
+                                         r"of image 'img1' \(first at line 1\)"):
+        eval_textvqa.evaluate(str(ann), str(res))
+
+
+def test_missing_answers_need_allow_partial(files, tmp_path, capsys):
+    ann, res = files
+    _lines(res, [_answer("img2", "How many cans?", "2"), _answer("img1", "What does the sign say?", "Stop")])
+    with pytest.raises(InputError, match=r"answers\.jsonl: 1 of 3 questions have no answer, e\.g\. "
+                                         r"\('img1', 'what brand is this\?'\)"):
+        eval_textvqa.main(["--annotation-file", str(ann), "--result-file", str(res)])
+    score = tmp_path / "score.json"
+    eval_textvqa.main(["--annotation-file", str(ann), "--result-file", str(res), "--allow-partial",
+                       "--score-file", str(score)])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["Samples: 2", "Accuracy: 65.00%"]  # (1.0 + 0.3) / 2
+    assert "PARTIAL score: 1 of 3 questions" in captured.err
+    rec = read_json(score)
+    assert rec["partial"] == {"answered": 2, "expected": 3, "missing": 1}
+    assert rec["score"] == pytest.approx(100 * (1.0 + 0.3) / 2)
+
+
+def test_question_file_sets_the_expected_questions(files, tmp_path):
+    ann, res = files
+    # LLaVA's question file asks only two of the three annotated questions: answering them is complete.
+    qfile = _lines(tmp_path / "questions.jsonl", [
+        {"question_id": "img2", "text": f"How many cans?\nReference OCR token: 2\n{SUFFIX}"},
+        {"question_id": "img1", "text": f"What does the sign say?\nReference OCR token: STOP\n{SUFFIX}"}])
+    two = _lines(tmp_path / "two.jsonl", [_answer("img1", "What does the sign say?", "Stop"),
+                                          _answer("img2", "How many cans?", "2")])
+    assert eval_textvqa.evaluate(str(ann), str(two), str(qfile)) == (2, pytest.approx(65.0), None)
+    with pytest.raises(InputError, match=r"answers\.jsonl:1: question 'what brand is this\?' of image 'img1' "
+                                         r"is not in .*questions\.jsonl"):
+        eval_textvqa.evaluate(str(ann), str(res), str(qfile))
+    with open(qfile, "a") as f:
+        f.write(json.dumps({"question_id": "img9", "text": f"Who?\n{SUFFIX}"}) + "\n")
+    with pytest.raises(InputError, match=r"questions\.jsonl: 1 question\(s\) have no annotation .*'img9'"):
+        eval_textvqa.evaluate(str(ann), str(two), str(qfile))
+
+
+def test_score_file_carries_the_run_manifest(files, tmp_path):
+    ann, res = files
+    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
+    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    score = tmp_path / "score.json"
+    eval_textvqa.main(["--annotation-file", str(ann), "--result-file", str(res), "--score-file", str(score)])
+    rec = read_json(score)
+    assert rec["manifest"] == manifest and rec["answers_file"] == str(res) and rec["partial"] is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(text=None), r"answers\.jsonl:2: 'text' must be a string"),
+    (lambda a: a.update(prompt=["x"]), r"answers\.jsonl:2: 'question_id' and 'prompt' must be strings"),
+    (lambda a: a.update(question_id=7), r"answers\.jsonl:2: 'question_id' and 'prompt' must be strings"),
+    (lambda a: a.pop("prompt"), r"answers\.jsonl:2: missing key\(s\) prompt"),
+])
+def test_bad_answer_lines_are_named(files, change, message):
+    ann, res = files
+    rows = read_jsonl(res)
+    change(rows[1])
+    _lines(res, rows)
+    with pytest.raises(InputError, match=message):
+        eval_textvqa.evaluate(str(ann), str(res))
+
+
+def test_bad_annotations_are_named(files):
+    ann, res = files
+    doc = read_json(ann)
+    doc["data"][2]["answers"] = ["go"] * 9 + [None]
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"data\[2\]: 'answers' must be a list of 10 strings"):
+        eval_textvqa.evaluate(str(ann), str(res))
+    doc["data"][2] = dict(doc["data"][0], question="WHAT BRAND IS THIS?")
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(InputError,
+                       match=r"data\[2\]: question 'what brand is this\?' of image 'img1' repeats data\[0\]"):
+        eval_textvqa.evaluate(str(ann), str(res))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_textvqa", "--annotation-file",
+                             str(tmp_path / "nope.json"), "--result-file", str(tmp_path / "a.jsonl")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'nope.json'}: file not found")

@@ -2,8 +2,10 @@
 
 References: transformers' ``LlavaNextForConditionalGeneration`` on converted weights (vanilla, unpruned), and
 token sequences assembled here by plain loops from eager ``CLIPVisionModel(output_attentions=True)``, spliced
-into a stock ``LlamaForCausalLM`` (pruned). Grid shapes and unpadding for the vanilla reference come from
-transformers' own LLaVA-NeXT helpers, never from the code under test.
+into a stock ``LlamaForCausalLM`` (pruned). Grid shapes for the vanilla reference come from transformers' own
+LLaVA-NeXT helpers, its unpadding from LLaVA's ``int()`` rule written out here (``llava_unpad``), the released
+protocol's grid from the released fill-ratio rule written out here (``released_canvas``); never from the code
+under test.
 """
 from __future__ import annotations
 
@@ -20,13 +22,17 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.image_processing_utils import select_best_resolution as hf_select_best_resolution
+from transformers.models.llava_next import modeling_llava_next
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape as hf_grid_shape
 from transformers.models.llava_next.modeling_llava_next import unpad_image as hf_unpad_image
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
-from llava.mm_utils import process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
+from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, anyres_resolution, process_images,
+                            tokenizer_image_token)
+from llava.model.builder import load_pretrained_model, resolve_anyres_protocol
+from llava.model.llava_arch import unpadded_bounds
 from llava.tools.make_tiny_checkpoint import NEXT_PINPOINTS, TOWER, make_tiny_checkpoint
 from reference import checkpoint_state, greedy, reference_llama
 
@@ -38,6 +44,12 @@ TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 # (width, height) → vanilla grid (rows × cols): 2×2 with rows unpadded, 1×3 with columns unpadded,
 # 2×1 with columns unpadded, 2×1 with rows unpadded (a square image on a tall canvas).
 SIZES = [(w * CROP // 84, h * CROP // 84) for w, h in [(150, 100), (200, 90), (50, 130), (84, 84)]]
+# Sizes whose scaled side lands just below a whole number on their vanilla grid, so that LLaVA's int() unpadding
+# keeps 2 rows (columns) fewer than transformers' rounding: (size, vanilla grid (cols, rows), LLaVA's bounds).
+INT_RULE_SIZES = [((704, 396), (2, 2), (11, 37, 0, 48)), ((396, 704), (2, 2), (0, 48, 11, 37)),
+                  ((748, 352), (3, 1), (0, 24, 11, 61)), ((88, 55), (1, 2), (17, 31, 0, 24))]
+# Released-grid cases: wide (1280×720: 3 crops) and tall, square, small wide and tall, very wide and very tall.
+RELEASED_SIZES = [(1280, 720), (720, 1280), (600, 600), (300, 200), (200, 300), (2000, 300), (300, 2000)]
 
 
 def make_image(seed: int, size: tuple[int, int]) -> Image.Image:
@@ -95,22 +107,44 @@ def reference_crops(refs, pixels: torch.Tensor, k: int | None):
     return h, keep, scores
 
 
-def reference_paper_tokens(proj: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The paper's 'spatial' merge on the 2×2 grid, by loops: base kept patches, then the stitched raster."""
+def reference_spatial_tokens(proj: torch.Tensor, keep: torch.Tensor, rows: int = 2, cols: int = 2) -> torch.Tensor:
+    """The 'spatial' merge (paper: 2×2 grid), by loops: base kept patches, then the stitched raster of the grid."""
     kept = [set(x.tolist()) for x in keep]
+    assert len(kept) == 1 + rows * cols
     seq = [proj[0, j] for j in sorted(kept[0])]
-    for y in range(2 * SIDE):
-        for x in range(2 * SIDE):
-            crop, patch = 1 + (y // SIDE) * 2 + x // SIDE, (y % SIDE) * SIDE + x % SIDE
+    for y in range(rows * SIDE):
+        for x in range(cols * SIDE):
+            crop, patch = 1 + (y // SIDE) * cols + x // SIDE, (y % SIDE) * SIDE + x % SIDE
             if patch in kept[crop]:
                 seq.append(proj[crop, patch])
     return torch.stack(seq) if seq else proj.new_zeros((0, proj.shape[-1]))
 
 
+def released_canvas(size: tuple[int, int], pinpoints=NEXT_PINPOINTS) -> tuple[int, int]:
+    """The released FasterVLM grid rule: the first pinpoint of the largest fill ratio int(w·s)·int(h·s) / (W·H)."""
+    width, height = size
+    ratios = []
+    for w, h in pinpoints:
+        scale = min(w / width, h / height)
+        ratios.append(int(width * scale) * int(height * scale) / (w * h))
+    return tuple(pinpoints[ratios.index(max(ratios))])
+
+
+def llava_unpad(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """LLaVA's unpad_image rule on (C, H, W): truncate the scaled side with int(), drop (H - side) // 2 each end."""
+    width, height = size
+    rows, cols = tensor.shape[1:]
+    if width * rows > height * cols:  # relatively wider than the grid: the padding is in rows
+        pad = (rows - int(height * (cols / width))) // 2
+        return tensor[:, pad:rows - pad]
+    pad = (cols - int(width * (rows / height))) // 2
+    return tensor[:, :, pad:cols - pad]
+
+
 def reference_vanilla_tokens(proj, keep, size, newline) -> tuple[torch.Tensor, int]:
     """LLaVA-NeXT's spatial_unpad with pruned patches masked out; newline after every unpadded row.
 
-    Grid shape and unpadding are transformers' (which take (height, width)). Returns the tokens and the row count.
+    Grid shape is transformers' (which takes (height, width)), unpadding LLaVA's. Returns the tokens and the row count.
     """
     width, height = size
     rows, cols = hf_grid_shape([height, width], [[h, w] for w, h in NEXT_PINPOINTS], CROP)
@@ -121,7 +155,7 @@ def reference_vanilla_tokens(proj, keep, size, newline) -> tuple[torch.Tensor, i
     base = [proj[0, j] for j in range(N) if mask[0, j]]
     grid = torch.cat([proj[1:], mask[1:, :, None]], dim=-1)  # (rows·cols, N, D+1): the mask travels with the features
     grid = grid.view(rows, cols, SIDE, SIDE, -1).permute(4, 0, 2, 1, 3).reshape(-1, rows * SIDE, cols * SIDE)
-    grid = hf_unpad_image(grid, [height, width])  # (D+1, H', W')
+    grid = llava_unpad(grid, size)  # (D+1, H', W')
     seq = list(base)
     for y in range(grid.shape[1]):
         seq += [grid[:-1, y, x] for x in range(grid.shape[2]) if grid[-1, y, x]]
@@ -203,6 +237,46 @@ def test_vanilla_unpruned_logits_match_transformers_llava_next(next_model, model
     torch.testing.assert_close(ours, hf_logits(hf_next, ids, [pixels[0]], [size], [count]), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size, grid, bounds", INT_RULE_SIZES, ids=[f"{w}x{h}" for (w, h), _, _ in INT_RULE_SIZES])
+def test_unpadding_truncates_as_llava_not_rounds_as_transformers(size, grid, bounds):
+    """LLaVA's int() rule is followed; on these sizes transformers' rounding keeps a row/column more at each end."""
+    cols, rows = grid
+    assert hf_select_best_resolution(size[::-1], [(h, w) for w, h in NEXT_PINPOINTS]) == (rows * CROP, cols * CROP)
+    H, W = rows * SIDE, cols * SIDE
+    assert unpadded_bounds(H, W, size) == bounds
+    index = torch.arange(H * W).view(1, H, W)
+    top, bottom, left, right = bounds
+    assert torch.equal(llava_unpad(index, size), index[:, top:bottom, left:right])
+    theirs = hf_unpad_image(index, list(size[::-1]))  # transformers takes (height, width)
+    assert torch.equal(theirs[:, 1:-1] if top else theirs[:, :, 1:-1], index[:, top:bottom, left:right])
+    # Over a sweep of sizes on every grid, the code under test follows the rule written out here.
+    for w in range(1, 1200, 37):
+        for h in range(1, 1200, 41):
+            for c, r in [(p[0] // CROP, p[1] // CROP) for p in NEXT_PINPOINTS]:
+                grid_index = torch.arange(r * SIDE * c * SIDE).view(1, r * SIDE, c * SIDE)
+                t, b, l, rt = unpadded_bounds(r * SIDE, c * SIDE, (w, h))
+                assert torch.equal(llava_unpad(grid_index, (w, h)), grid_index[:, t:b, l:rt]), (w, h, c, r)
+
+
+def test_vanilla_unpruned_on_an_int_rule_size_matches_transformers_with_llava_unpadding(
+        next_model, model, hf_next, monkeypatch):
+    """Where the rules differ, transformers' stock model keeps 2 more rows (2 × 49 tokens): parity holds only with
+    LLaVA's unpadding swapped into it."""
+    tokenizer, _, processor = next_model
+    size = INT_RULE_SIZES[0][0]
+    image = make_image(3, size)
+    pixels = process_images([image], processor, model.config)
+    ids = prompt_ids(tokenizer, "What is the color of the bus?")
+    with torch.no_grad():
+        ours = model(ids, images=pixels, image_sizes=[image.size]).logits
+    count = model.last_pruning.visual_tokens[0]
+    rows_hf = hf_unpad_image(torch.zeros(1, 2 * SIDE, 2 * SIDE), list(size[::-1])).shape[1]
+    assert count == N + (rows_hf - 2) * (2 * SIDE + 1)
+    monkeypatch.setattr(modeling_llava_next, "unpad_image",
+                        lambda tensor, hw: llava_unpad(tensor, (int(hw[1]), int(hw[0]))))
+    torch.testing.assert_close(ours, hf_logits(hf_next, ids, [pixels[0]], [size], [count]), atol=1e-5, rtol=1e-5)
+
+
 def test_vanilla_two_images_with_different_grids_match_transformers(next_model, model, hf_next):
     """A list input (different crop counts) with two placeholders in one prompt."""
     tokenizer, _, processor = next_model
@@ -233,7 +307,7 @@ def test_paper_protocol_matches_eager_clip_reference(next_model, model, refs, k,
     with torch.no_grad():
         ours = model(ids, images=pixels, image_sizes=[image.size]).logits
     proj, keep, scores = reference_crops(refs, pixels[0], k)
-    visual = reference_paper_tokens(proj, keep)
+    visual = reference_spatial_tokens(proj, keep)
     kept = 5 * (N if k is None else k)
     assert visual.shape[0] == kept
     llama = refs[1]
@@ -264,10 +338,98 @@ def test_paper_protocol_is_the_default_when_pruning(next_ckpt):
     assert process_images([image], processor, vanilla.config).shape[1] == 4
 
 
+def test_protocol_resolution_and_help():
+    anyres = {"image_aspect_ratio": "anyres"}
+    assert resolve_anyres_protocol(anyres, 58, None) == "paper"
+    assert resolve_anyres_protocol(anyres, None, None) == "vanilla"
+    assert resolve_anyres_protocol(anyres, 58, "released") == "released"
+    assert resolve_anyres_protocol(anyres, None, "released") == "released"
+    assert tuple(ANYRES_PROTOCOL_HELP) == ANYRES_PROTOCOLS == ("paper", "vanilla", "released")
+
+
+# --- the released FasterVLM code: fill-ratio grid choice, per-crop top-k, 'spatial' merge --------------------------
+
+@pytest.mark.parametrize("size", RELEASED_SIZES, ids=[f"{w}x{h}" for w, h in RELEASED_SIZES])
+def test_released_grid_choice_follows_the_fill_ratio_rule(next_model, model, size):
+    _, _, processor = next_model
+    canvas = released_canvas(size)
+    model.set_anyres_protocol("released")
+    assert anyres_resolution(model.config, size, CROP) == canvas
+    crops = 1 + (canvas[0] // CROP) * (canvas[1] // CROP)
+    assert process_images([make_image(0, size)], processor, model.config).shape[1] == crops
+    vanilla = hf_select_best_resolution(size[::-1], [(h, w) for w, h in NEXT_PINPOINTS])[::-1]
+    model.set_anyres_protocol("vanilla")
+    assert anyres_resolution(model.config, size, CROP) == vanilla
+    model.set_anyres_protocol("paper")
+    assert anyres_resolution(model.config, size, CROP) == (2 * CROP, 2 * CROP)
+
+
+def test_released_grid_examples():
+    """The rule written out above, on the cases upstream-behaviour.md tabulates, and the case it cannot place."""
+    assert released_canvas((1280, 720)) == (672, 336)  # 3 crops where LLaVA-NeXT takes 2×2
+    assert released_canvas((300, 200)) == (672, 336) and released_canvas((640, 480)) == (672, 672)
+    assert released_canvas((2000, 300)) == (1008, 336) and released_canvas((300, 2000)) == (336, 1008)
+    config = type("Cfg", (), {"anyres_protocol": "released", "image_grid_pinpoints": NEXT_PINPOINTS})()
+    with pytest.raises(ValueError, match="1×1500 image fits none of the grids"):
+        anyres_resolution(config, (1, 1500), CROP)  # every canvas scales its width to 0 px
+
+
+@pytest.mark.parametrize("k", [None, 0, K90])
+@pytest.mark.parametrize("protocol", ANYRES_PROTOCOLS)
+def test_token_counts_per_protocol_and_budget(next_model, model, protocol, k):
+    """1280×720: paper 5 crops, released 3 (672×336), vanilla 2×2 unpadded to 28 rows of 48 + 1 newline each."""
+    tokenizer, _, processor = next_model
+    model.set_anyres_protocol(protocol)
+    model.set_visual_token_num(k)
+    size = (1280, 720)
+    pixels = process_images([make_image(2, size)], processor, model.config)
+    with torch.no_grad():
+        model(prompt_ids(tokenizer, "Describe"), images=pixels, image_sizes=[size])
+    count = model.last_pruning.visual_tokens[0]
+    per_crop = N if k is None else k
+    width, height = released_canvas(size)
+    rows = llava_unpad(torch.zeros(1, 2 * SIDE, 2 * SIDE), size).shape[1]
+    if protocol == "paper":
+        assert count == 5 * per_crop
+    elif protocol == "released":
+        assert count == (1 + (width // CROP) * (height // CROP)) * per_crop == 3 * per_crop
+    elif k is None:
+        assert count == N + rows * (2 * SIDE + 1) and rows == 28
+    else:  # the base crop's k, the grid's kept patches that survive unpadding, one newline per row
+        assert k + rows <= count <= 5 * k + rows
+
+
+@pytest.mark.parametrize("k", [None, K90])
+@pytest.mark.parametrize("size", [(1280, 720), (720, 1280), (2000, 300)], ids=["1x2", "2x1", "1x3"])
+def test_released_protocol_matches_eager_clip_reference(next_model, model, refs, k, size):
+    tokenizer, _, processor = next_model
+    model.set_anyres_protocol("released")
+    model.set_visual_token_num(k)
+    image = make_image(8, size)
+    pixels = process_images([image], processor, model.config)
+    cols, rows = (side // CROP for side in released_canvas(size))
+    assert pixels.shape == (1, 1 + rows * cols, 3, CROP, CROP)
+    ids = prompt_ids(tokenizer, "What is written on the sign?")
+    with torch.no_grad():
+        ours = model(ids, images=pixels, image_sizes=[image.size]).logits
+    proj, keep, _ = reference_crops(refs, pixels[0], k)
+    visual = reference_spatial_tokens(proj, keep, rows, cols)
+    assert visual.shape[0] == (1 + rows * cols) * (N if k is None else k)
+    llama = refs[1]
+    with torch.no_grad():
+        ref = llama(inputs_embeds=splice_all(llama, ids, [visual])).logits
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    info = model.last_pruning
+    assert info.visual_tokens == [visual.shape[0]] and info.crops_per_image == [1 + rows * cols]
+    assert all(torch.equal(a, b) for a, b in zip(info.kept_indices, keep))
+    assert not (info.token_sources[0] < 0).any()  # no image_newline
+
+
 # --- vanilla LLaVA-NeXT with pruning: masks unpadded with the features, one newline per remaining row --------------
 
 @pytest.mark.parametrize("k", [0, K90])
-@pytest.mark.parametrize("size", SIZES[:3], ids=["rows-unpadded", "cols-unpadded", "tall"])
+@pytest.mark.parametrize("size", SIZES[:3] + [INT_RULE_SIZES[0][0]], ids=["rows-unpadded", "cols-unpadded", "tall",
+                                                                          "int-rule"])
 def test_vanilla_with_pruning_matches_reference(next_model, model, refs, next_ckpt, k, size):
     tokenizer, _, processor = next_model
     model.set_visual_token_num(k)
@@ -293,7 +455,7 @@ def test_vanilla_with_pruning_matches_reference(next_model, model, refs, next_ck
 
 # --- generation, loading, bad inputs ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("protocol", ["paper", "vanilla"])
+@pytest.mark.parametrize("protocol", ANYRES_PROTOCOLS)
 def test_greedy_generation_with_kv_cache_matches_reference(next_model, model, refs, protocol):
     tokenizer, _, processor = next_model
     model.set_anyres_protocol(protocol)
@@ -305,7 +467,11 @@ def test_greedy_generation_with_kv_cache_matches_reference(next_model, model, re
                          max_new_tokens=10, use_cache=True)
     proj, keep, _ = reference_crops(refs, pixels[0], 5)
     if protocol == "paper":
-        visual = reference_paper_tokens(proj, keep)
+        visual = reference_spatial_tokens(proj, keep)
+    elif protocol == "released":
+        cols, rows = (side // CROP for side in released_canvas(image.size))
+        assert (rows, cols) == (1, 2)  # 600×400: not the paper's 2×2
+        visual = reference_spatial_tokens(proj, keep, rows, cols)
     else:
         visual, _ = reference_vanilla_tokens(proj, keep, image.size, refs[2]["model.image_newline"])
     llama = refs[1]
@@ -384,6 +550,9 @@ def test_bad_inputs(next_ckpt, next_model, model):
     vanilla_pixels = process_images([image], processor, model.config)  # 4 crops: a 1×3 grid
     with pytest.raises(ValueError, match="image_sizes"):
         model(ids, images=vanilla_pixels)
+    model.set_anyres_protocol("released")
+    with pytest.raises(ValueError, match="image_sizes"):
+        model(ids, images=process_images([image], processor, model.config))
     model.set_anyres_protocol("paper")
     with pytest.raises(ValueError, match="4 crops but its 2×2 grid needs 5"):
         model(ids, images=vanilla_pixels, image_sizes=[image.size])

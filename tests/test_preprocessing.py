@@ -1,6 +1,8 @@
 """Tokenisation and image preprocessing against independent references (sentencepiece, numpy)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import sentencepiece as spm
@@ -75,6 +77,30 @@ def test_pad_preprocessing_matches_reference(tiny_model, size):
     assert np.array_equal(np.asarray(expand2square(img, background)), canvas)
     ref = _reference_clip_preprocess(Image.fromarray(canvas), processor.crop_size["height"], mean, processor.image_std)
     assert out.shape == (1, 3, 336, 336)
+    np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol, size, canvas", [
+    ("paper", (1280, 720), (672, 672)), ("vanilla", (1280, 720), (672, 672)), ("released", (1280, 720), (672, 336)),
+    ("released", (720, 1280), (336, 672)), ("released", (2000, 300), (1008, 336)),
+])
+def test_anyres_crops_match_reference(tiny_model, protocol, size, canvas):
+    """Each protocol's canvas for LLaVA-1.6's pinpoints, and the crops written out: the whole image resized to one
+    crop, then the image fitted to the canvas (the other side rounded up), centred on black, cut row by row."""
+    _, _, processor, _ = tiny_model
+    cfg = type("Cfg", (), {"image_aspect_ratio": "anyres", "anyres_protocol": protocol,
+                           "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]})()
+    img = Image.fromarray((np.random.RandomState(1).rand(size[1], size[0], 3) * 255).astype("uint8"))
+    out = process_images([img], processor, cfg)
+    (w, h), (cw, ch), crop = size, canvas, processor.crop_size["height"]
+    fitted = (cw, min(math.ceil(h * (cw / w)), ch)) if cw / w < ch / h else (min(math.ceil(w * (ch / h)), cw), ch)
+    board = np.zeros((ch, cw, 3), dtype=np.uint8)
+    x0, y0 = (cw - fitted[0]) // 2, (ch - fitted[1]) // 2
+    board[y0:y0 + fitted[1], x0:x0 + fitted[0]] = np.asarray(img.resize(fitted))
+    crops = [img.resize((crop, crop))] + [Image.fromarray(board[y:y + crop, x:x + crop])
+                                          for y in range(0, ch, crop) for x in range(0, cw, crop)]
+    ref = np.stack([_reference_clip_preprocess(c, crop, processor.image_mean, processor.image_std) for c in crops])
+    assert out.shape == (1, 1 + (cw // crop) * (ch // crop), 3, crop, crop)
     np.testing.assert_allclose(out[0].numpy(), ref, atol=1e-5)
 
 

@@ -26,6 +26,7 @@ from llava.model.builder import load_pretrained_model
 from llava.pruning import available_methods, get_method
 from llava.pruning.base import TowerRequest
 from llava.tools.make_sample_data import make_sample_data
+from conftest import requires_in_llm
 from reference import checkpoint_state, reference_llama, reference_tower, reference_visual_tokens, splice
 from test_model_parity import QUESTIONS, make_image, prompt_ids
 
@@ -83,6 +84,7 @@ def test_registry_names_methods_and_errors():
     assert get_method("cls-llm-layer2").llm_layer == 2 and get_method("cls-merge").llm_layer is None
 
 
+@requires_in_llm
 def test_runner_flags_belong_to_their_method(tiny_ckpt, tmp_path):
     data = make_sample_data(tmp_path / "eval", questions=1)
     args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
@@ -97,6 +99,26 @@ def test_runner_flags_belong_to_their_method(tiny_ckpt, tmp_path):
     model_vqa_loader.main(args + ["--pruning-method", "fastv", "--fastv-k", "1", "--visual-token-num", "29",
                                   "--max_new_tokens", "3", "--temperature", "0"])
     assert json.loads((tmp_path / "a.jsonl").read_text())["text"]
+
+
+def test_in_llm_methods_name_the_release_they_need(tiny_ckpt, tmp_path, monkeypatch):
+    """Below transformers 5.14, choosing FastV (or any in-LLM method) fails at once, naming the release."""
+    import llava.compat
+    from packaging import version
+
+    import llava.model.builder as builder
+
+    monkeypatch.setattr(llava.compat, "TRANSFORMERS_VERSION", version.parse("5.13.0"))
+    monkeypatch.setattr(builder.LlavaLlamaForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(NotImplementedError, match=r"needs transformers >= 5.14"):
+        load_pretrained_model(str(tiny_ckpt), None, "tiny", device="cpu", pruning_method="fastv")
+    data = make_sample_data(tmp_path / "eval", questions=1)
+    with pytest.raises(NotImplementedError, match=r"in-LLM pruning .* needs transformers >= 5.14"):
+        model_vqa_loader.main(["--model-path", str(tiny_ckpt), "--question-file",
+                               str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"), "--image-folder",
+                               str(data / "textvqa/train_images"), "--answers-file", str(tmp_path / "a.jsonl"),
+                               "--pruning-method", "adaptprune"])
+    assert not (tmp_path / "a.jsonl").exists()
 
 
 # --------------------------------------------------------------------------- the vision tower's request
@@ -289,6 +311,7 @@ def reference_in_llm(method: str, params: dict, ckpt, llama, tower, ids, pixels,
     ("fastv", {}, False), ("fastv", {}, True), ("fastv", {"score": "all"}, False),
     ("fastv", {"score": "all-visible"}, False), ("fastv", {"k": 1}, False),
     ("cls-llm-layer2", {}, False), ("adaptprune", {"sigma_s": 0.5}, False)])
+@requires_in_llm
 def test_in_llm_methods_match_eager_llama_and_no_cache_reference(deep, budget, method, params, image_last):
     ckpt, tokenizer, model, processor, llama, tower = deep
     pixels = process_images([make_image(8)], processor, model.config)
@@ -312,6 +335,7 @@ def test_in_llm_methods_match_eager_llama_and_no_cache_reference(deep, budget, m
         assert not torch.equal(patches, torch.sort(torch.topk(scores, K90).indices).values)
 
 
+@requires_in_llm
 def test_layers_from_k_cache_only_the_kept_tokens(deep, budget):
     tokenizer, model, processor = deep[1], deep[2], deep[3]
     pixels = process_images([make_image(9)], processor, model.config)
@@ -328,6 +352,7 @@ def test_layers_from_k_cache_only_the_kept_tokens(deep, budget):
     assert {out.past_key_values.get_seq_length(i) for i in range(4)} == {ids.shape[1] - 1 + K90}
 
 
+@requires_in_llm
 @pytest.mark.parametrize("method", ["fastv", "adaptprune"])
 def test_padded_batches_equal_batch_one(deep, budget, method):
     """Per-sample spans and last tokens, and masks gathered to the kept positions at prefill and at each decode step."""

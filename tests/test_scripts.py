@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import requires_in_llm
 from llava.tools.make_sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_llava_next_script_with_the_paper_protocol(tiny_ckpt, tmp_path):
     assert recorded["benchmark"] == "pope"
 
 
-@pytest.mark.parametrize("method", ["fastv", "random"])
+@pytest.mark.parametrize("method", [pytest.param("fastv", marks=requires_in_llm), "random"])
 def test_method_argument_selects_the_pruning_method(env, method):
     eval_dir, environ = env
     if method == "fastv":  # the tiny LLM has 2 layers, so FastV prunes after layer 1
@@ -124,3 +125,95 @@ def test_method_argument_selects_the_pruning_method(env, method):
     answers = eval_dir / "pope/answers/llava-v1.5-tiny" / method / f"n_{TOKENS}/merge.jsonl"
     assert len(answers.read_text().splitlines()) == 9
     assert json.loads((eval_dir / "pope/scores/llava-v1.5-tiny" / method / f"n_{TOKENS}.json").read_text())["benchmark"] == "pope"
+
+
+# ------------------------------------------------------------------ several machines, reruns under other settings
+
+def fresh_env(tiny_ckpt, tmp_path, questions: int = 5) -> tuple[Path, dict]:
+    ckpt_dir = tmp_path / "checkpoints"
+    shutil.copytree(tiny_ckpt, ckpt_dir / "llava-v1.5-tiny")
+    eval_dir = make_sample_data(tmp_path / "eval", questions=questions)
+    return eval_dir, {**os.environ, "CKPT": "llava-v1.5-tiny", "CKPT_DIR": str(ckpt_dir), "EVAL_DIR": str(eval_dir),
+                      "PYTHON": sys.executable, "EXTRA_ARGS": "--device cpu --max_new_tokens 4", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def merged_texts(eval_dir: Path, param: str = "n_58") -> list[tuple]:
+    path = eval_dir / "textvqa/answers/llava-v1.5-tiny/fastervlm" / param / "merge.jsonl"
+    return [(l["question_id"], l["text"]) for l in map(json.loads, path.read_text().splitlines())]
+
+
+def test_two_nodes_then_one_merge_equal_a_single_machine_run(tiny_ckpt, tmp_path):
+    """NUM_NODES=2: each "node" (a separate process) answers its own chunk, a third run merges and scores."""
+    eval_dir, environ = fresh_env(tiny_ckpt, tmp_path)
+    single = run_script("textvqa", environ, TOKENS)
+    assert single.returncode == 0, single.stderr[-3000:]
+    expected = merged_texts(eval_dir)
+    nodes = {**environ, "NUM_NODES": "2", "RUN_TAG": "nodes"}
+    for rank in ("0", "1"):
+        result = run_script("textvqa", {**nodes, "NODE_RANK": rank}, TOKENS)  # STAGE defaults to infer on 2 nodes
+        assert result.returncode == 0 and "rerun with STAGE=merge" in result.stdout, result.stderr[-3000:]
+    answers = eval_dir / "textvqa/answers/llava-v1.5-tiny/fastervlm/n_58-nodes"
+    assert sorted(p.name for p in answers.glob("*.jsonl")) == ["2_0.jsonl", "2_1.jsonl"]
+    assert not (eval_dir / "textvqa/scores/llava-v1.5-tiny/fastervlm/n_58-nodes.json").exists()
+    result = run_script("textvqa", {**nodes, "STAGE": "merge"}, TOKENS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert merged_texts(eval_dir, "n_58-nodes") == expected
+    recorded = json.loads((eval_dir / "textvqa/scores/llava-v1.5-tiny/fastervlm/n_58-nodes.json").read_text())
+    assert recorded["manifest"]["chunk"]["merged_from"][1].endswith("2_1.jsonl")
+    early = run_script("textvqa", {**nodes, "STAGE": "merge", "NUM_NODES": "3"}, TOKENS)
+    assert early.returncode != 0 and "3_0.jsonl" in early.stderr  # nothing answered for 3 nodes: no merge
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# sbatch stand-in: runs the job (each array index in turn) at once, with the --export variables set.
+array= exports=ALL args=()
+while (( $# )); do
+    case $1 in
+        --array=*) array=${1#--array=} ;; --export=*) exports=${1#--export=} ;; --parsable|--gres=*|--dependency=*) ;;
+        *) args+=("$1") ;;
+    esac
+    shift
+done
+echo "sbatch $array $exports ${args[*]}" >> "$SBATCH_LOG"
+IFS=, read -ra pairs <<< "${exports#ALL,}"
+if [[ -z $array ]]; then
+    env "${pairs[@]}" SLURM_SUBMIT_DIR="$PWD" bash "${args[@]}" >> "$SBATCH_LOG" 2>&1 || exit 1
+else
+    for (( i = ${array%-*}; i <= ${array#*-}; i++ )); do
+        env "${pairs[@]}" SLURM_ARRAY_TASK_ID=$i SLURM_SUBMIT_DIR="$PWD" bash "${args[@]}" >> "$SBATCH_LOG" 2>&1 || exit 1
+    done
+fi
+echo "4242"
+"""
+
+
+def test_slurm_submission_runs_an_array_then_a_merge(tiny_ckpt, tmp_path):
+    eval_dir, environ = fresh_env(tiny_ckpt, tmp_path, questions=3)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    log = tmp_path / "sbatch.log"
+    environ = {**environ, "PATH": f"{bin_dir}:{environ['PATH']}", "SBATCH_LOG": str(log), "CHUNKS": "3"}
+    result = subprocess.run(["bash", "scripts/slurm/submit_eval.sh", "scripts/v1_5/eval/textvqa.sh", TOKENS],
+                            env=environ, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:] + log.read_text()[-3000:]
+    calls = [line for line in log.read_text().splitlines() if line.startswith("sbatch ")]
+    assert calls[0].startswith("sbatch 0-2 ALL,NUM_NODES=3,GPUS_PER_NODE=1,STAGE=infer")
+    assert calls[1].startswith("sbatch  ALL,NUM_NODES=3,GPUS_PER_NODE=1,STAGE=merge")
+    assert len(merged_texts(eval_dir)) == 3
+    recorded = json.loads((eval_dir / "textvqa/scores/llava-v1.5-tiny/fastervlm/n_58.json").read_text())
+    assert len(recorded["manifest"]["chunk"]["merged_from"]) == 3
+
+
+def test_rerun_with_other_extra_args_never_reuses_answers(tiny_ckpt, tmp_path):
+    eval_dir, environ = fresh_env(tiny_ckpt, tmp_path, questions=2)
+    assert run_script("textvqa", environ, TOKENS).returncode == 0
+    before = merged_texts(eval_dir)
+    changed = run_script("textvqa", {**environ, "EXTRA_ARGS": environ["EXTRA_ARGS"] + " --temperature 0.7"}, TOKENS)
+    assert changed.returncode != 0 and "decoding.temperature: 0.0 -> 0.7" in changed.stderr
+    assert "Traceback" not in changed.stderr and merged_texts(eval_dir) == before
+    tagged = run_script("textvqa", {**environ, "RUN_TAG": "t07",
+                                    "EXTRA_ARGS": environ["EXTRA_ARGS"] + " --temperature 0.7"}, TOKENS)
+    assert tagged.returncode == 0, tagged.stderr[-3000:]
+    assert (eval_dir / "textvqa/scores/llava-v1.5-tiny/fastervlm/n_58-t07.json").is_file()

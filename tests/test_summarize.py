@@ -106,6 +106,23 @@ def test_parse_set():
         summ.main(["--ckpt", "x", "--set", "bad"])
 
 
+def fake_run(folder: Path, temperature: float = 0.0, tokens: int = 576, **environment) -> Path:
+    """An answers file with a run manifest, as the runner writes it (only the fields summarize compares)."""
+    from llava.eval import provenance
+
+    answers = folder / f"answers_{temperature}_{tokens}.jsonl"
+    answers.parent.mkdir(parents=True, exist_ok=True)
+    answers.write_text("")
+    manifest = {"format": provenance.FORMAT,
+                "settings": {"model": {"checkpoint": "llava-v1.5-7b"}, "task": {"module": "x"},
+                             "pruning": {"visual_token_num": tokens, "method": "fastervlm", "params": {}},
+                             "decoding": {"temperature": temperature, "max_new_tokens": 128}},
+                "environment": {"torch": "2.13", **environment}, "chunk": {}, "info": {}}
+    manifest["fingerprint"] = provenance.fingerprint(manifest)
+    provenance.write_manifest(answers, manifest)
+    return answers
+
+
 def test_cli_reads_score_files(tmp_path, capsys):
     """Scores from paper Table 7 (7B) written as score files reproduce its FasterVLM averages."""
     base = dict(zip(BENCHMARKS, (78.52, 61.94, 50.06, 69.51, 58.21, 85.88, 1506.47, 64.69, 58.08, 31.30)))
@@ -115,12 +132,13 @@ def test_cli_reads_score_files(tmp_path, capsys):
         for bench, value in scores.items():
             if bench not in server:
                 write_score(summ.score_path(tmp_path, bench, "llava-v1.5-7b", "fastervlm", tokens),
-                            bench, value, "accuracy")
+                            bench, value, "accuracy", answers_file=fake_run(tmp_path / "runs", tokens=tokens))
     sets = [f"{b}@{t}={s[b]}" for t, s in ((576, base), (58, at58)) for b in server]
     summ.main(["--eval-dir", str(tmp_path), "--ckpt", "llava-v1.5-7b", "--tokens", "576", "58", "--set", *sets])
     out = capsys.readouterr().out.splitlines()
     assert out[2].endswith("| 100.00 |") and out[3].endswith("| 94.24 |")
-    assert len(out) == 4                                       # nothing missing, so no notes
+    assert "| 78.52† |" in out[2] and "| 61.94 |" in out[2]   # --set values are marked, recorded runs are not
+    assert out[4:] == ["", "† entered with --set"]             # nothing missing, nothing mixed
     assert (tmp_path / "MME/scores/llava-v1.5-7b/fastervlm/n_58.json").is_file()
 
     summ.main(["--eval-dir", str(tmp_path), "--ckpt", "llava-v1.5-7b", "--tokens", "58", "--format", "csv"])
@@ -133,3 +151,25 @@ def test_score_file_for_wrong_benchmark(tmp_path):
     write_score(summ.score_path(tmp_path, "pope", "m", "fastervlm", 576), "mme", 1.0, "f1")
     with pytest.raises(InputError, match=r"n_576.json: expected a score file for benchmark 'pope'"):
         summ.load_scores(tmp_path, "m", "fastervlm", [576])
+
+
+def test_cells_of_other_runs_are_refused_or_marked(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for bench in ("pope", "textvqa"):  # two cells of the most common run: the reference
+        write_score(summ.score_path(tmp_path, bench, "m", "fastervlm", 576), bench, 86.0, "f1",
+                    answers_file=fake_run(runs))
+    write_score(summ.score_path(tmp_path, "gqa", "m", "fastervlm", 576), "gqa", 62.0, "acc",
+                answers_file=fake_run(runs, tokens=576, transformers="5.0"),
+                partial={"answered": 9, "expected": 10, "missing": 1})
+    write_score(summ.score_path(tmp_path, "pope", "m", "fastervlm", 58), "pope", 80.0, "f1",
+                answers_file=fake_run(runs, temperature=0.2, tokens=58))
+    write_score(summ.score_path(tmp_path, "gqa", "m", "fastervlm", 58), "gqa", 55.0, "acc")
+    argv = ["--eval-dir", str(tmp_path), "--ckpt", "m", "--tokens", "576", "58"]
+    with pytest.raises(InputError, match=r"pope/scores/m/fastervlm/n_58.json: made under other settings"
+                                         r"[\s\S]*settings.decoding.temperature: 0.0 -> 0.2"):
+        summ.main(argv)
+    summ.main(argv + ["--allow-mixed"])
+    out = capsys.readouterr().out
+    assert "| 62.00‡* |" in out and "| 80.00‡ |" in out and "| 55.00? |" in out and "| 86.00 |" in out
+    assert "environment.transformers: null -> \"5.0\"" in out and "PARTIAL, 9 of 10 questions scored" in out
+    assert "records no run manifest" in out

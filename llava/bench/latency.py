@@ -59,7 +59,6 @@ from PIL import Image
 
 from llava.bench import flops
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.eval.runner import generate_batch
 from llava.mm_utils import process_images
 from llava.pruning.base import TowerOutputs, TowerRequest
 
@@ -79,12 +78,33 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------- models
 
 
+# LLaVA-1.6's image_grid_pinpoints as (columns, rows) of tower crops: [[336, 672], [672, 336], ...] at 336 px.
+NEXT_GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Within the block, new floating-point tensors (module parameters included) are created in ``dtype``."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_random_llava(llm: flops.LLMConfig, vision: flops.VisionConfig, vision_heads: int, layers: int,
-                       vision_layers: int, device: str, dtype: torch.dtype, vocab_size: int = LLAMA_VOCAB):
+                       vision_layers: int, device: str, dtype: torch.dtype, vocab_size: int = LLAMA_VOCAB, *,
+                       vision_dtype: torch.dtype | None = None, anyres: bool = False,
+                       attn_implementation: str = "sdpa"):
     """A random-weight LLaVA-1.5 with ``llm``/``vision`` shapes but ``layers``/``vision_layers`` layers.
 
-    Built in memory (no checkpoint, no download): ``(model, image_processor)``. The tower needs at least two
-    layers, since LLaVA reads the penultimate one.
+    Built in memory (no checkpoint, no download): ``(model, image_processor)``. Every weight is created and
+    initialised on ``device`` in its final dtype (the LLM in ``dtype``, the tower in ``vision_dtype``, by default
+    ``dtype``), so a 13B-shaped model never exists in fp32 or on the CPU and builds in seconds on a GPU.
+    ``anyres``: LLaVA-NeXT (1.6) as the paper ran it instead: anyres on the fixed 2×2 grid (``anyres_protocol``
+    ``paper``, 5 crops), with 1.6's grids and ``spatial_unpad`` merge in the config. ``attn_implementation``:
+    the LLM's attention kernel. The tower needs at least two layers, since LLaVA reads the penultimate one.
     """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -93,26 +113,36 @@ def build_random_llava(llm: flops.LLMConfig, vision: flops.VisionConfig, vision_
 
     if vision_layers < 2:
         raise ValueError("the vision tower needs at least 2 layers (LLaVA reads the penultimate one)")
+    side = vision.image_size
+    next_keys = dict(image_aspect_ratio="anyres", mm_patch_merge_type="spatial_unpad",
+                     image_grid_pinpoints=[[cols * side, rows * side] for cols, rows in NEXT_GRIDS])
     config = LlavaConfig(
         hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size, num_hidden_layers=layers,
         num_attention_heads=llm.num_heads, num_key_value_heads=llm.num_kv_heads or llm.num_heads,
         vocab_size=vocab_size, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
         pad_token_id=0, tie_word_embeddings=False, mm_vision_tower=f"random-{vision.name}",
         mm_hidden_size=vision.hidden_size, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
-        mm_vision_select_feature="patch", image_aspect_ratio="pad", mm_patch_merge_type="flat")
-    config._attn_implementation = "sdpa"
+        mm_vision_select_feature="patch", **(next_keys if anyres else
+                                             dict(image_aspect_ratio="pad", mm_patch_merge_type="flat")))
+    config._attn_implementation = attn_implementation
     with torch.device(device):
-        model = LlavaLlamaForCausalLM(config)  # the tower is built with delay_load: nothing is fetched
-        clip = CLIPVisionModel(CLIPVisionConfig(
-            hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size, num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads, image_size=vision.image_size, patch_size=vision.patch_size))
-    side = vision.image_size
+        with default_dtype(dtype):
+            # The tower is built with delay_load: nothing is fetched.
+            model = LlavaLlamaForCausalLM(config, anyres_protocol="paper" if anyres else None)
+        with default_dtype(vision_dtype or dtype):
+            clip = CLIPVisionModel(CLIPVisionConfig(
+                hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+                num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=side,
+                patch_size=vision.patch_size))
+    if anyres:
+        with torch.no_grad():  # a bare nn.Parameter, which no _init_weights fills (the paper protocol never reads it)
+            model.get_model().image_newline.normal_()
     tower = model.get_vision_tower()
     # What CLIPVisionTower.load_model would set from a folder, here from the in-memory modules.
     tower.vision_tower = clip.requires_grad_(False)
     tower.image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     tower.is_loaded = True
-    return model.to(dtype).eval(), tower.image_processor
+    return model.eval(), tower.image_processor
 
 
 def load_source(args: argparse.Namespace, dtype: torch.dtype):
@@ -320,6 +350,10 @@ def run_batch(model, processor, prompts: Sequence[tuple[list[int], Image.Image]]
     Prefill is a one-token generation. The decode steps run inside ``generate`` and are not timed apart: the
     difference of the two calls would be noise-dominated for short generations.
     """
+    # Imported here, so that the harness (and llava.bench.gpu_check) loads without the evaluation loop's own
+    # dependencies, such as shortuuid, which a bare GPU machine's image may lack.
+    from llava.eval.runner import generate_batch
+
     ids, images = (list(x) for x in zip(*prompts))
     decoded = _GeneratedShape()
 
@@ -336,13 +370,14 @@ def run_batch(model, processor, prompts: Sequence[tuple[list[int], Image.Image]]
     return t_prefill, None, t_e2e, counts
 
 
-def interleave(cases: Sequence[Callable[[], T]], warmup: int, repeats: int,
-               memory: PeakMemory | None = None) -> tuple[list[list[T]], list[float | None]]:
+def interleave(cases: Sequence[Callable[[], T]], warmup: int, repeats: int, memory: PeakMemory | None = None,
+               deadline: float | None = None) -> tuple[list[list[T]], list[float | None]]:
     """Each case's results over the ``repeats`` timed rounds, after ``warmup`` untimed ones, and its peak memory.
 
     The cases take turns within each round rather than running back to back, so a burst of load from
     another process lands on all of them alike instead of skewing one case's ratios. The peak is measured
-    per call and the largest kept (None without ``memory`` or where it cannot be measured).
+    per call and the largest kept (None without ``memory`` or where it cannot be measured). Past ``deadline``
+    (a ``time.perf_counter()`` value), no further round starts once one timed round is done.
     """
     results: list[list[T]] = [[] for _ in cases]
     peaks: list[list[float | None]] = [[] for _ in cases]
@@ -354,12 +389,17 @@ def interleave(cases: Sequence[Callable[[], T]], warmup: int, repeats: int,
             peaks[i].append(memory.stop() if memory is not None else None)
             if r >= warmup:
                 results[i].append(out)
+        if deadline is not None and r >= warmup and time.perf_counter() > deadline:
+            break
     return results, [None if None in p else max(p) for p in peaks]
 
 
 def measure(model, budgets: Sequence[int | None], runs: Sequence[Run], warmup: int, repeats: int,
-            memory: PeakMemory) -> list[list[Row]]:
-    """Every run at every budget (kept per crop; None = unpruned), all interleaved: one row list per run."""
+            memory: PeakMemory, deadline: float | None = None) -> list[list[Row]]:
+    """Every run at every budget (kept per crop; None = unpruned), all interleaved: one row list per run.
+
+    ``deadline``: as :func:`interleave`'s; the rows then hold fewer than ``repeats`` runs.
+    """
     n = model.get_vision_tower().num_patches
     cases = [(run, k) for run in runs for k in budgets]
 
@@ -367,7 +407,7 @@ def measure(model, budgets: Sequence[int | None], runs: Sequence[Run], warmup: i
         model.set_visual_token_num(k)
         return run()
 
-    results, peaks = interleave([partial(at_budget, run, k) for run, k in cases], warmup, repeats, memory)
+    results, peaks = interleave([partial(at_budget, run, k) for run, k in cases], warmup, repeats, memory, deadline)
     rows = []
     for (_, k), runs_k, peak in zip(cases, results, peaks):
         prefill_ms, tpot_ms, e2e_ms, counts = zip(*runs_k)

@@ -7,10 +7,12 @@ Letters are extracted with VLMEvalKit's 2023 ``can_infer`` (option rule, then te
 exact-matching mode: no LLM fallback, so an unmatched prediction counts as wrong. A question
 (its row with ``index`` < 10⁶ plus the circular copies ``index`` + k·10⁶) scores 1 only if
 every copy's letter equals that copy's ``answer``.
+
+With ``--annotation-file``, every TSV row needs exactly one answer; ``--allow-partial`` scores the
+questions whose rows are all answered and marks the score partial.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import zipfile
 from collections import defaultdict
@@ -21,7 +23,7 @@ from openpyxl.utils.exceptions import InvalidFileException
 
 from llava.eval.convert_mmbench_for_submission import (TEXT_COLUMNS, check_index, load_predictions,
                                                        match_predictions, read_tsv)
-from llava.eval.utils import InputError, write_score
+from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli, write_score
 
 OPTION_LETTERS = "ABCD"
 # The 2023 option rule looks for A-E whatever the item's options are; "E" was the "none of them" letter.
@@ -72,18 +74,22 @@ def read_upload(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_excel(path, engine="openpyxl", dtype={c: str for c in TEXT_COLUMNS})
     except (ValueError, OSError, KeyError, zipfile.BadZipFile, InvalidFileException) as e:
         raise InputError(f"{path}: cannot read as xlsx ({e})") from None
-    check_index(df, str(path))
+    check_index(df, str(path), "row")
     return df
 
 
-def load_table(upload_file: str | None, annotation_file: str | None,
-               result_file: str | None) -> tuple[pd.DataFrame, str]:
-    """The rows to score, with ``prediction`` and ``answer`` columns, and a name for error messages."""
+def load_table(upload_file: str | None, annotation_file: str | None, result_file: str | None,
+               allow_partial: bool = False) -> tuple[pd.DataFrame, str, dict | None]:
+    """The rows to score, with ``prediction`` and ``answer`` columns; a name for messages; the partial record."""
     if upload_file:
-        return read_upload(upload_file), upload_file
+        return read_upload(upload_file), upload_file, None
     df = read_tsv(annotation_file)
-    df["prediction"] = match_predictions(df, load_predictions(result_file), result_file)
-    return df, annotation_file
+    df["prediction"], partial = match_predictions(df, load_predictions(result_file), result_file, allow_partial)
+    if partial:
+        # A question counts only if all its circular copies were answered.
+        answered = df["prediction"].notna().groupby(df["index"] % CIRCULAR_STRIDE).transform("all")
+        df = df[answered]
+    return df, annotation_file, partial
 
 
 def evaluate(df: pd.DataFrame, where: str) -> dict:
@@ -132,17 +138,20 @@ def evaluate(df: pd.DataFrame, where: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upload-file", help="upload xlsx with prediction and answer columns (dev split)")
     parser.add_argument("--annotation-file", help="MMBench dev TSV (instead of --upload-file; gives per-category scores)")
     parser.add_argument("--result-file", help="LLaVA answer file (JSON-lines) for --annotation-file")
     parser.add_argument("--benchmark", choices=("mmb", "mmb_cn"), default="mmb",
                         help="benchmark key recorded in the score file")
     parser.add_argument("--score-file", help="optional JSON file to record the score for summarize")
+    add_allow_partial(parser)
     args = parser.parse_args(argv)
     if bool(args.upload_file) == bool(args.annotation_file) or bool(args.annotation_file) != bool(args.result_file):
         parser.error("give either --upload-file, or --annotation-file with --result-file")
-    df, where = load_table(args.upload_file, args.annotation_file, args.result_file)
+    if args.upload_file and args.allow_partial:
+        parser.error("--allow-partial applies to --annotation-file with --result-file (an upload has every row)")
+    df, where, partial = load_table(args.upload_file, args.annotation_file, args.result_file, args.allow_partial)
     res = evaluate(df, where)
     n = res["questions"]
     print(f"Questions: {n} ({res['rows']} rows, {res['unmatched_rows']} with no extractable letter)")
@@ -152,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Circular accuracy by {col}:")
         for cat, acc in cats.items():
             print(f"  {cat}: {acc:.2f}%")
-    write_score(args.score_file, args.benchmark, res["circular"], "circular_accuracy", res)
+    write_score(args.score_file, args.benchmark, res["circular"], "circular_accuracy", res,
+                answers_file=args.upload_file or args.result_file, partial=partial)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

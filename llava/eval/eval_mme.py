@@ -6,16 +6,20 @@
 ``--gt-dir`` is either the official release folder (``<category>/questions_answers_YN/<stem>.txt``
 or ``<category>/<stem>.txt``, lines ``question<TAB>answer``) or a folder of ``<category>.txt``
 files with ``image<TAB>question<TAB>answer`` lines.  ``--output-dir`` receives the
-``<category>.txt`` files that the official ``eval_tool/calculation.py`` reads.
+``<category>.txt`` files that the official ``eval_tool/calculation.py`` reads, byte-identical to those of
+LLaVA's ``convert_answer_to_mme.py`` (for answers in question order without tabs or newlines).
+
+Every question needs exactly one answer; ``--allow-partial`` scores a partial run, the unanswered
+questions counting as wrong (acc+ pairs an image's questions), and marks the score partial.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from llava.eval.utils import InputError, iter_jsonl, require_keys, write_score
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
+                              require_keys, write_score)
 
 PERCEPTION = ("existence", "count", "position", "color", "posters",
               "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -35,8 +39,18 @@ def _gt_answer(answer: str, where: str) -> str:
 
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
     """Tab-split, whitespace-stripped non-blank lines of a GT file, with line numbers."""
-    with open(path, encoding="utf-8") as f:
-        return [(n, line.strip().split("\t")) for n, line in enumerate(f, 1) if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [(n, line.strip().split("\t")) for n, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def plain_name(name: str, where: str) -> str:
+    """``name`` if it is a single file name, so that a path built from it stays in its folder."""
+    if name in ("", ".", "..") or PurePosixPath(name).name != name or "\\" in name or "\0" in name:
+        raise InputError(f"{where}: {name!r} is not a plain file name (a path built from it would leave its folder)")
+    return name
 
 
 def load_ground_truth(gt_dir: str, categories: set[str]) -> GroundTruth:
@@ -97,7 +111,8 @@ def clean(text: str) -> str:
 class Record:
     """One MME question with its GT and (cleaned) model output."""
 
-    image: str
+    image: str  # image file name: an image's questions form its acc+ group
+    gt_file: str  # "<image stem>.txt", the first column of convert_answer_to_mme.py's files
     question: str
     gt: str
     pred: str = ""
@@ -117,14 +132,17 @@ class SubtaskScore:
         return 100 * self.acc + 100 * self.acc_plus
 
 
-def load_records(question_file: str, result_file: str, gt_dir: str) -> dict[str, list[Record]]:
-    """Records per category, in question-file order, with the predictions joined in."""
+def load_records(question_file: str, result_file: str, gt_dir: str,
+                 allow_partial: bool = False) -> tuple[dict[str, list[Record]], dict | None]:
+    """Records per category, in question-file order, with the predictions joined in; and the partial record."""
     questions: list[tuple[str, str, str, str]] = []  # (category, question_id, text, where)
     for lineno, q in iter_jsonl(question_file):
         where = f"{question_file}:{lineno}"
         require_keys(q, ("question_id", "text", "category"), where)
         if not all(isinstance(q[k], str) for k in ("question_id", "text", "category")):
             raise InputError(f"{where}: 'question_id', 'text' and 'category' must be strings")
+        # The category names the GT file or folder read and the official file written.
+        plain_name(q["category"], f"{where}: category")
         questions.append((q["category"], q["question_id"], q["text"], where))
     if not questions:
         raise InputError(f"{question_file}: no questions")
@@ -144,10 +162,10 @@ def load_records(question_file: str, result_file: str, gt_dir: str) -> dict[str,
             raise InputError(f"{where}: no GT in {gt_dir} for {category}/{stem}: {gt_question(text)!r}")
         if (qid, text) in by_key:
             raise InputError(f"{where}: duplicate question {text!r} for {qid!r}")
-        by_key[qid, text] = record = Record(image, question, gt[category, stem, question])
+        by_key[qid, text] = record = Record(image, f"{stem}.txt", question, gt[category, stem, question])
         records.setdefault(category, []).append(record)
 
-    answered: set[tuple[str, str]] = set()
+    answered: dict[tuple[str, str], int] = {}
     for lineno, ans in iter_jsonl(result_file):
         where = f"{result_file}:{lineno}"
         require_keys(ans, ("question_id", "prompt", "text"), where)
@@ -157,16 +175,16 @@ def load_records(question_file: str, result_file: str, gt_dir: str) -> dict[str,
         if not isinstance(key[0], str) or not isinstance(key[1], str) or key not in by_key:
             raise InputError(f"{where}: no question {key[1]!r} for {key[0]!r} in {question_file}")
         if key in answered:
-            raise InputError(f"{where}: duplicate answer for {key[0]!r}: {key[1]!r}")
-        answered.add(key)
+            raise InputError(f"{where}: duplicate answer for {key[0]!r}: {key[1]!r} (first at line {answered[key]})")
+        answered[key] = lineno
         by_key[key].pred = clean(ans["text"])
     if not answered:
         raise InputError(f"{result_file}: no answers")
-    if len(answered) < len(by_key):
+    partial = check_coverage(by_key, answered, result_file, allow_partial)
+    if partial:
         # Keeping unanswered questions (as wrong) keeps the image pairs and the score's scale intact.
-        print(f"Warning: {len(by_key) - len(answered)} of {len(by_key)} questions have no answer "
-              "and count as wrong", file=sys.stderr)
-    return records
+        print(f"the {partial['missing']} unanswered questions count as wrong", file=sys.stderr)
+    return records, partial
 
 
 def score_subtask(records: list[Record]) -> SubtaskScore:
@@ -183,21 +201,25 @@ def score_subtask(records: list[Record]) -> SubtaskScore:
 
 
 def write_official(output_dir: str, records: dict[str, list[Record]]) -> None:
-    """Write ``<category>.txt`` for ``calculation.py``, which pairs consecutive lines per image."""
+    """Write ``<category>.txt`` for ``calculation.py``, which pairs consecutive lines per image.
+
+    Lines are ``<image stem>.txt<TAB>question<TAB>GT<TAB>prediction``, as ``convert_answer_to_mme.py`` writes.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for category, recs in records.items():
         by_image: dict[str, list[Record]] = {}
         for r in recs:
             by_image.setdefault(r.image, []).append(r)
-        with open(out / f"{category}.txt", "w", encoding="utf-8") as f:
+        path = out / plain_name(f"{category}.txt", f"--output-dir {output_dir}: category {category!r}")
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
             for group in by_image.values():
                 for r in group:
-                    f.write(f"{r.image}\t{r.question}\t{r.gt}\t{r.pred}\n")
+                    f.write(f"{r.gt_file}\t{r.question}\t{r.gt}\t{r.pred}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--question-file", required=True, help="LLaVA question file llava_mme.jsonl")
     parser.add_argument("--result-file", required=True, help="LLaVA answer file (JSON-lines)")
     parser.add_argument("--gt-dir", required=True,
@@ -205,9 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir",
                         help="optional folder (eval_tool/answers/<exp>) for calculation.py's <category>.txt files")
     parser.add_argument("--score-file", help="optional JSON file to record the score for summarize")
+    add_allow_partial(parser)
     args = parser.parse_args(argv)
 
-    records = load_records(args.question_file, args.result_file, args.gt_dir)
+    records, partial = load_records(args.question_file, args.result_file, args.gt_dir, args.allow_partial)
     scores = {c: score_subtask(r) for c, r in records.items()}
     if args.output_dir:
         write_official(args.output_dir, records)
@@ -226,8 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     write_score(args.score_file, "mme", totals["perception"], "perception score (max 2000)",
                 {"cognition": totals["cognition"],
                  "subtasks": {c: {"acc": s.acc, "acc_plus": s.acc_plus, "score": s.score, "questions": s.questions}
-                              for c, s in scores.items()}})
+                              for c, s in scores.items()}},
+                answers_file=args.result_file, partial=partial)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -5,20 +5,26 @@
 
 Writes ``<model>_<gpt>-grade-<n>runs.json`` (official structure) and the capability /
 capability-integration csv files. Grades are cached per question and run under
-``<output-dir>/<model>_<gpt>-cache/run<j>/``, so an interrupted run resumes.
+``<output-dir>/<model>_<gpt>-cache/run<j>/``, keyed by judge model and prompt version too, so an
+interrupted run resumes. A question whose grade failed (transport errors or unusable replies past the
+retry budget) or that has no answer makes the score partial: without ``--allow-partial`` no grade, csv or
+score file is written and the run exits 1; rerunning grades only what is missing.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import json
 import os
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
-from llava.eval.judge import Judge, add_judge_args, judge_from_args, judge_many, positive_int
-from llava.eval.utils import InputError, read_json, require_keys, write_json, write_score
+from llava.eval.judge import (FAILURES_FILE, Judge, Tally, add_judge_args, judge_from_args, judge_many, positive_int,
+                              prompt_sha256)
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, read_json, require_keys, write_json,
+                              write_score)
 
 # Exact few-shot prompt of yuweihao/MM-Vet mm-vet_evaluator.py (it ends with a newline).
 FEW_SHOT_PROMPT = """Compare the ground truth and prediction from AI models, to give a correctness score for the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground truth are present in the prediction, and <OR> means it is totally right when any one element in the ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.
@@ -75,6 +81,25 @@ def grade(judge: Judge, query: str) -> dict:
     return {"model": reply.model, "content": reply.content, "score": 0.0}
 
 
+def cache_context(judge_model: str) -> dict:
+    """What decides a grade besides the question: the judge model and the grading protocol (prompt, re-ask
+    suffix, token limit, re-ask count), so a change to any of them misses the cache."""
+    return {"judge_model": judge_model,
+            "prompt_sha256": prompt_sha256(build_query("{question}", "{answer}", "{prediction}"), REASK_SUFFIX,
+                                           MAX_TOKENS, MAX_REASKS)}
+
+
+def is_score(value: Any) -> bool:
+    """Whether ``value`` is an MM-Vet grade: a number in [0, 1] (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def is_valid_grade(result: Any) -> bool:
+    """Whether a cached result is one :func:`grade` could have returned (an older or edited file may not be)."""
+    return (isinstance(result, dict) and isinstance(result.get("model"), str)
+            and isinstance(result.get("content"), str) and is_score(result.get("score")))
+
+
 def load_mmvet(path: str | os.PathLike) -> dict[str, dict]:
     """The official annotation ``{"v1_0": {"imagename", "capability", "question", "answer"}, ...}``."""
     data = read_json(path)
@@ -93,17 +118,51 @@ def load_mmvet(path: str | os.PathLike) -> dict[str, dict]:
     return data
 
 
-def load_results(path: str | os.PathLike, keys: Sequence[str]) -> dict[str, str]:
-    """The ``{"v1_<id>": text}`` submission, checked to answer every annotated question."""
+_SPACE = re.compile(r"\s*")
+
+
+def _object_lines(text: str) -> list[tuple[str, int]]:
+    """``(key, line)`` of every top-level member of a JSON object text, duplicates kept (``json`` keeps the last)."""
+    decoder = json.JSONDecoder()
+    members: list[tuple[str, int]] = []
+    pos = _SPACE.match(text).end() + 1  # past "{"
+    line, counted = 1, 0
+    while True:
+        pos = _SPACE.match(text, pos).end()
+        if text[pos] == "}":
+            return members
+        line, counted = line + text.count("\n", counted, pos), pos
+        key, pos = json.decoder.scanstring(text, pos + 1)
+        members.append((key, line))
+        pos = _SPACE.match(text, pos).end() + 1  # past ":"
+        _, pos = decoder.raw_decode(text, _SPACE.match(text, pos).end())
+        pos = _SPACE.match(text, pos).end()
+        if text[pos] == ",":
+            pos += 1
+
+
+def load_results(path: str | os.PathLike, keys: Collection[str]) -> dict[str, str]:
+    """The ``{"v1_<id>": text}`` submission; a key twice (naming its line) or not in ``keys`` is an error.
+
+    Questions it does not answer are left out; they make the score partial.
+    """
     results = read_json(path)
     if not isinstance(results, dict):
         raise InputError(f"{path}: expected a JSON object {{\"v1_<id>\": text}}")
-    missing = [k for k in keys if k not in results]
-    if missing:
-        raise InputError(f"{path}: no answer for {len(missing)} question(s), e.g. {', '.join(missing[:5])}")
-    for k in keys:
-        if not isinstance(results[k], str):
+    seen: set[str] = set()
+    for key, line in _object_lines(Path(path).read_text(encoding="utf-8")):
+        if key in seen:
+            raise InputError(f"{path}:{line}: duplicate id {key!r}")
+        seen.add(key)
+    extra = [k for k in results if k not in keys]
+    if extra:
+        raise InputError(f"{path}: {len(extra)} answer(s) to questions not in the annotation, e.g. "
+                         f"{', '.join(map(repr, extra[:3]))}")
+    for k, text in results.items():
+        if not isinstance(text, str):
             raise InputError(f"{path}: {k} must be a string")
+    if not results:
+        raise InputError(f"{path}: no answers")
     return results
 
 
@@ -126,6 +185,9 @@ def aggregate(scores: Mapping[str, Sequence[float]], capabilities: Mapping[str, 
     num_run = len(scores[keys[0]])
     if num_run == 0 or any(len(scores[k]) != num_run for k in keys):
         raise ValueError("every question needs the same, non-zero number of runs")
+    bad = [k for k in keys if not all(is_score(s) for s in scores[k])]
+    if bad:
+        raise ValueError(f"grades outside [0, 1] for {len(bad)} question(s), e.g. {', '.join(bad[:5])}")
 
     caps = {k: tuple(dict.fromkeys(capabilities[k])) for k in keys}
     columns = [c for c, _ in Counter(c for k in keys for c in caps[k]).most_common()]
@@ -167,8 +229,8 @@ def write_row_csv(path: str | os.PathLike, model: str, row: Mapping[str, Any]) -
         writer.writerow([model, *row.values()])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Grade MM-Vet answers with a GPT model (official MM-Vet protocol).")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Grade MM-Vet answers with a GPT model (official MM-Vet protocol).")
     parser.add_argument("--mmvet-data", required=True, help="official mm-vet.json annotation")
     parser.add_argument("--result-file", required=True, help='submission {"v1_<id>": text} (convert_mmvet_for_eval)')
     parser.add_argument("--output-dir", required=True, help="folder for the grade json, csv files and cache")
@@ -176,46 +238,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-run", type=positive_int, default=1, help="grading runs; the MM-Vet paper used 5 (default 1)")
     parser.add_argument("--decimal-places", type=int, default=1, help="rounding of the reported scores (default 1)")
     parser.add_argument("--score-file", default=None, help="write the total score here for llava.eval.summarize")
+    add_allow_partial(parser)
     add_judge_args(parser, default_model="gpt-4-0613")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Grade every run (cached), then write the grade json and csv files; exits 1 if any grade failed."""
+    """Grade every run (cached), then write the grade json and csv files; exits 1 if the score would be partial."""
     args = build_parser().parse_args(argv)
     data = load_mmvet(args.mmvet_data)
-    results = load_results(args.result_file, list(data))
+    results = load_results(args.result_file, data)
     model = args.model_name or Path(args.result_file).stem
     gpt = args.judge_model.replace("/", "_")
     out = Path(args.output_dir)
-    queries = {k: build_query(v["question"], v["answer"], results[k]) for k, v in data.items()}
+    cache = out / f"{model}_{gpt}-cache"
+    queries = {k: build_query(v["question"], v["answer"], results[k]) for k, v in data.items() if k in results}
     judge = judge_from_args(args)
-
-    def grade_with_query(query: str) -> dict:
-        # The query is cached with the grade, so a changed answer or prompt is graded again.
-        return {**grade(judge, query), "query": query}
-
-    runs = []
-    for j in range(args.num_run):
-        report = judge_many(queries, grade_with_query, out / f"{model}_{gpt}-cache" / f"run{j}",
-                            workers=args.workers, is_fresh=lambda q, c: isinstance(c, dict) and c.get("query") == q,
-                            desc=f"run {j + 1}/{args.num_run} ({args.judge_model})")
-        if report.failures:
-            raise SystemExit(f"run {j}: {len(report.failures)} question(s) failed; rerun to grade only them")
-        runs.append(report.results)
-
-    grades = {k: {f: [r[k][f] for r in runs] for f in ("model", "content", "score")} for k in data}
+    context = cache_context(args.judge_model)
+    reports = [judge_many(queries, lambda query: grade(judge, query), cache / f"run{j}", context=context,
+                          is_valid=is_valid_grade, workers=args.workers,
+                          desc=f"run {j + 1}/{args.num_run} ({args.judge_model})")
+               for j in range(args.num_run)]
+    failures: dict[str, str] = {}
+    for j, report in enumerate(reports):
+        for k, reason in report.failures.items():
+            failures.setdefault(k, f"run {j}: {reason}")
+    graded = [k for k in queries if k not in failures]
+    tally = Tally(list(data), graded, {k: failures[k] for k in queries if k in failures})
+    print(f"{len(queries)} answered question(s) x {args.num_run} run(s): "
+          f"{sum(r.cached for r in reports)} grade(s) from the cache, {sum(r.judged for r in reports)} asked now, "
+          f"{sum(len(r.failures) for r in reports)} failed")
+    if graded:
+        grades = {k: {f: [r.results[k][f] for r in reports] for f in ("model", "content", "score")} for k in graded}
+        cap_row, combo_row = aggregate({k: g["score"] for k, g in grades.items()},
+                                       {k: data[k]["capability"] for k in graded}, args.decimal_places)
+        if not tally.complete:
+            print(f"PARTIAL ({len(graded)} of {len(data)} questions graded):")
+        for name, value in cap_row.items():
+            print(f"{name}: {value}")
+    if not tally.complete and not (args.allow_partial and graded):
+        tally.refuse([cache / f"run{j}" / FAILURES_FILE for j, r in enumerate(reports) if r.failures])
     write_json(out / f"{model}_{gpt}-grade-{args.num_run}runs.json", grades, indent=4)
-    cap_row, combo_row = aggregate({k: g["score"] for k, g in grades.items()},
-                                   {k: v["capability"] for k, v in data.items()}, args.decimal_places)
     write_row_csv(out / f"{model}_{gpt}-cap-score-{args.num_run}runs.csv", model, cap_row)
     write_row_csv(out / f"{model}_{gpt}-cap-int-score-{args.num_run}runs.csv", model, combo_row)
-    for name, value in cap_row.items():
-        print(f"{name}: {value}")
     write_score(args.score_file, "mmvet", cap_row["total"], "gpt_score",
-                {"capabilities": cap_row, "judge_model": args.judge_model, "num_run": args.num_run})
+                {"capabilities": cap_row, "judge_model": args.judge_model, "num_run": args.num_run,
+                 "judge_models_reported": sorted({m for g in grades.values() for m in g["model"]})},
+                answers_file=args.result_file, partial=tally.partial(f"the grades of {args.result_file}"))
+    print(tally.line())
     return cap_row
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

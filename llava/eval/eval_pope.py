@@ -6,16 +6,16 @@
 Upstream zips each split's labels with its answers by position, which is silently wrong once the
 answer order differs from the annotation order.  Here every LLaVA question is matched to its POPE
 annotation by (image, question text), which is unique within a split, and every answer to its
-question by ``question_id``, so neither file order nor the LLaVA id offsets matter.
+question by ``question_id``, so neither file order nor the LLaVA id offsets matter.  Every question of
+the question file needs exactly one answer; ``--allow-partial`` scores the answered ones, marked partial.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava.eval.utils import InputError, iter_jsonl, require_keys, write_score
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
+                              require_keys, write_score)
 
 SPLITS = ("adversarial", "popular", "random")
 NEGATIVE_WORDS = frozenset({"No", "not", "no"})
@@ -89,6 +89,8 @@ def load_labels(annotation_dir: str, split: str) -> dict[tuple[str, str], str]:
     for lineno, ann in iter_jsonl(path):
         where = f"{path}:{lineno}"
         require_keys(ann, ("image", "text", "label"), where)
+        if not isinstance(ann["image"], str) or not isinstance(ann["text"], str):
+            raise InputError(f"{where}: 'image' and 'text' must be strings")
         if ann["label"] not in ("yes", "no"):
             raise InputError(f"{where}: label must be 'yes' or 'no', got {ann['label']!r}")
         key = (ann["image"], ann["text"])
@@ -102,11 +104,13 @@ def load_questions(annotation_dir: str, question_file: str) -> dict[object, tupl
     """Map each LLaVA ``question_id`` to its (split, GT label)."""
     labels: dict[str, dict[tuple[str, str], str]] = {}
     questions: dict[object, tuple[str, str]] = {}
+    lines: dict[object, int] = {}
     for lineno, q in iter_jsonl(question_file):
         where = f"{question_file}:{lineno}"
         require_keys(q, ("question_id", "image", "text", "category"), where)
-        if not isinstance(q["question_id"], (int, str)) or not isinstance(q["text"], str):
-            raise InputError(f"{where}: 'question_id' must be an int or string and 'text' a string")
+        if (not isinstance(q["question_id"], (int, str)) or isinstance(q["question_id"], bool)
+                or not isinstance(q["text"], str) or not isinstance(q["image"], str)):
+            raise InputError(f"{where}: 'question_id' must be an int or string, 'image' and 'text' strings")
         split = q["category"]
         if split not in SPLITS:
             raise InputError(f"{where}: category must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -116,53 +120,54 @@ def load_questions(annotation_dir: str, question_file: str) -> dict[object, tupl
         key = (q["image"], q["text"].split("\n", 1)[0])
         if key not in labels[split]:
             raise InputError(f"{where}: no {split} annotation for image {key[0]!r}, question {key[1]!r}")
-        if q["question_id"] in questions:
-            raise InputError(f"{where}: duplicate question_id {q['question_id']!r}")
+        if q["question_id"] in lines:
+            raise InputError(f"{where}: duplicate question_id {q['question_id']!r} "
+                             f"(first at line {lines[q['question_id']]})")
+        lines[q["question_id"]] = lineno
         questions[q["question_id"]] = (split, labels[split][key])
     if not questions:
         raise InputError(f"{question_file}: no questions")
     return questions
 
 
-def evaluate(annotation_dir: str, question_file: str, result_file: str) -> dict[str, SplitScore]:
-    """Return the confusion counts per split, in :data:`SPLITS` order, of the splits answered."""
+def evaluate(annotation_dir: str, question_file: str, result_file: str,
+             allow_partial: bool = False) -> tuple[dict[str, SplitScore], dict | None]:
+    """Confusion counts per answered split, in :data:`SPLITS` order, and the partial record (None if complete)."""
     questions = load_questions(annotation_dir, question_file)
     scores: dict[str, SplitScore] = {}
-    seen: set = set()
+    seen: dict[object, int] = {}
     for lineno, ans in iter_jsonl(result_file):
         where = f"{result_file}:{lineno}"
         require_keys(ans, ("question_id", "text"), where)
         qid = ans["question_id"]
-        if not isinstance(qid, (int, str)) or qid not in questions:
+        if not isinstance(qid, (int, str)) or isinstance(qid, bool) or qid not in questions:
             raise InputError(f"{where}: question_id {qid!r} is not in {question_file}")
         if qid in seen:
-            raise InputError(f"{where}: duplicate answer for question_id {qid!r}")
+            raise InputError(f"{where}: duplicate answer for question_id {qid!r} (first at line {seen[qid]})")
         if not isinstance(ans["text"], str):
             raise InputError(f"{where}: 'text' must be a string")
-        seen.add(qid)
+        seen[qid] = lineno
         split, label = questions[qid]
         scores.setdefault(split, SplitScore()).add(parse_answer(ans["text"]), label)
     if not scores:
         raise InputError(f"{result_file}: no answers")
-    missing = len(questions) - len(seen)
-    if missing:
-        # A partial run is still worth scoring (upstream's zip silently truncates), but say so.
-        print(f"Warning: {missing} of {len(questions)} questions have no answer and are not scored",
-              file=sys.stderr)
-    return {s: scores[s] for s in SPLITS if s in scores}
+    # Upstream's zip silently truncates to the shorter list; here a gap is an error unless allowed.
+    partial = check_coverage(questions, seen, result_file, allow_partial)
+    return {s: scores[s] for s in SPLITS if s in scores}, partial
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotation-dir", required=True,
                         help="folder holding coco_pope_{adversarial,popular,random}.json (JSON-lines)")
     parser.add_argument("--question-file", required=True,
                         help="LLaVA question file llava_pope_test.jsonl (its category names the split)")
     parser.add_argument("--result-file", required=True, help="LLaVA answer file (JSON-lines)")
     parser.add_argument("--score-file", help="optional JSON file to record the score for summarize")
+    add_allow_partial(parser)
     args = parser.parse_args(argv)
 
-    scores = evaluate(args.annotation_dir, args.question_file, args.result_file)
+    scores, partial = evaluate(args.annotation_dir, args.question_file, args.result_file, args.allow_partial)
     for split, s in scores.items():
         print(f"Category: {split}, # samples: {s.total}")
         print(f"TP\tFP\tTN\tFN\n{s.tp}\t{s.fp}\t{s.tn}\t{s.fn}")
@@ -174,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     mean_f1 = 100 * sum(s.f1 for s in scores.values()) / len(scores)
     print(f"Average F1 score: {mean_f1:.2f}")
     write_score(args.score_file, "pope", mean_f1, "mean F1 over splits",
-                {split: s.as_dict() for split, s in scores.items()})
+                {split: s.as_dict() for split, s in scores.items()}, answers_file=args.result_file, partial=partial)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -5,15 +5,20 @@
 
 The ground truth comes from ``<base-dir>/problems.json`` as upstream, or, where it is absent, from
 LLaVA's question file (``gpt`` turn = answer letter, ``A. ...`` lines of the human turn = choices).
+``--output-file`` and ``--output-result`` are byte-identical to upstream's (``json.dump`` with indent 2).
+
+Every problem of the split needs exactly one answer, and an answer to a problem outside it is an error.
+``--allow-partial`` scores a partial run as upstream does (a missing answer counts as FAILED, hence wrong
+and non-image) and marks the score partial.
 """
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
-from llava.eval.utils import InputError, iter_jsonl, read_json, require_keys, write_json, write_score
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
+                              read_json, require_keys, write_json, write_score)
 
 FAILED = "FAILED"
 # Upstream's pattern: one capital letter after "The answer is", then any character.
@@ -87,6 +92,8 @@ def load_problems(base_dir: str | None, question_file: str | None, split: str,
             if not isinstance(prob, dict):
                 raise InputError(f"{where}: expected an object")
             require_keys(prob, ("answer", "choices"), where)
+            if not isinstance(prob["choices"], list):
+                raise InputError(f"{where}: 'choices' must be a list")
             if not isinstance(prob["answer"], int) or not 0 <= prob["answer"] < len(options):
                 raise InputError(f"{where}: 'answer' must be an option position, got {prob['answer']!r}")
             problems[pid] = {"answer": prob["answer"], "n_choices": len(prob["choices"])}
@@ -100,6 +107,8 @@ def load_problems(base_dir: str | None, question_file: str | None, split: str,
         splits = read_json(base / "pid_splits.json")
         if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
             raise InputError(f"{base / 'pid_splits.json'}: no list for split {split!r}")
+        if not all(isinstance(pid, (str, int)) for pid in splits[split]):
+            raise InputError(f"{base / 'pid_splits.json'}: split {split!r} must list problem ids")
         pids = [str(pid) for pid in splits[split]]
     elif source == question_file:
         pids = list(problems)  # LLaVA's question file is itself one split
@@ -116,15 +125,18 @@ def load_problems(base_dir: str | None, question_file: str | None, split: str,
 def load_predictions(result_file: str) -> dict[str, dict]:
     """Answer lines keyed by ``str(question_id)``."""
     preds: dict[str, dict] = {}
+    lines: dict[str, int] = {}
     for lineno, ans in iter_jsonl(result_file):
         where = f"{result_file}:{lineno}"
         require_keys(ans, ("question_id", "prompt", "text"), where)
         if not isinstance(ans["prompt"], str) or not isinstance(ans["text"], str):
             raise InputError(f"{where}: 'prompt' and 'text' must be strings")
+        if not isinstance(ans["question_id"], (str, int)) or isinstance(ans["question_id"], bool):
+            raise InputError(f"{where}: question_id must be a string or an integer, got {ans['question_id']!r}")
         pid = str(ans["question_id"])
         if pid in preds:
-            raise InputError(f"{where}: duplicate answer for question_id {pid!r}")
-        preds[pid] = ans
+            raise InputError(f"{where}: duplicate answer for question_id {pid!r} (first at line {lines[pid]})")
+        preds[pid], lines[pid] = ans, lineno
     return preds
 
 
@@ -148,7 +160,8 @@ def evaluate(problems: dict[str, dict], preds: dict[str, dict], options: list[st
         result["results"][pid] = position
         result["outputs"][pid] = pred["text"]
     correct, count = len(analysis["correct"]), len(problems)
-    result.update(acc=100 * correct / count, correct=correct, count=count)
+    # Upstream's order of operations: c / n * 100 and 100 * c / n differ in the last digit for some counts.
+    result.update(acc=correct / count * 100, correct=correct, count=count)
     return analysis, result
 
 
@@ -159,7 +172,7 @@ def img_counts(analysis: dict) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-dir", help="ScienceQA data folder holding problems.json and pid_splits.json")
     parser.add_argument("--question-file",
                         help="LLaVA's llava_test_CQM-A.json, the ground truth when problems.json is absent")
@@ -170,28 +183,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options", nargs="+", default=["A", "B", "C", "D", "E"],
                         help="option letters in order (default: A B C D E)")
     parser.add_argument("--score-file", help="optional JSON file to record the score for summarize")
+    add_allow_partial(parser)
     args = parser.parse_args(argv)
 
     problems = load_problems(args.base_dir, args.question_file, args.split, args.options)
     preds = load_predictions(args.result_file)
-    unknown = len(preds.keys() - problems.keys())
+    unknown = [pid for pid in preds if pid not in problems]
     if unknown:
-        print(f"Warning: {unknown} answer(s) are not in split {args.split!r} and are ignored", file=sys.stderr)
+        raise InputError(f"{args.result_file}: {len(unknown)} answer(s) to problems not in split {args.split!r}, "
+                         f"e.g. {', '.join(map(repr, unknown[:3]))}")
+    partial = check_coverage(problems, preds, args.result_file, args.allow_partial, "problem")
+    if partial:
+        print(f"the {partial['missing']} unanswered problems count as FAILED (wrong, non-image), as upstream's do",
+              file=sys.stderr)
     analysis, result = evaluate(problems, preds, args.options)
     img_correct, img_total = img_counts(analysis)
     if not img_total:
         print("Note: no answered image question; IMG-Accuracy is reported as 0", file=sys.stderr)
-    img_acc = 100 * img_correct / img_total if img_total else 0.0
+    img_acc = img_correct / img_total * 100 if img_total else 0.0
     print(f"Total: {result['count']}, Correct: {result['correct']}, Accuracy: {result['acc']:.2f}%, "
           f"IMG-Accuracy: {img_acc:.2f}%")
+    # json.dump(..., indent=2) as upstream: \u escapes, no trailing newline.
     if args.output_file:
-        write_json(args.output_file, analysis, indent=2)
+        write_json(args.output_file, analysis, indent=2, ensure_ascii=True)
     if args.output_result:
-        write_json(args.output_result, result, indent=2)
+        write_json(args.output_result, result, indent=2, ensure_ascii=True)
     write_score(args.score_file, "sqa_img", img_acc, "IMG accuracy",
                 {"img_correct": img_correct, "img_total": img_total, "correct": result["correct"],
-                 "total": result["count"], "accuracy": result["acc"]})
+                 "total": result["count"], "accuracy": result["acc"]},
+                answers_file=args.result_file, partial=partial)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

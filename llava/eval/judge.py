@@ -1,28 +1,42 @@
 """OpenAI-compatible judging engine shared by the GPT-graded scorers (video QA, MM-Vet).
 
-One policy owns every retry: the openai client's own retries are off, transient transport
-errors (429, 5xx, timeouts, dropped connections) back off exponentially with jitter, and a
-reply that fails the caller's parser is re-asked a bounded number of times. Each finished
-item is cached as one JSON file, so a rerun only judges what is missing; items that still
-fail are reported, never cached.
+One policy owns every retry: the openai client's own retries are off; transient failures (429, 5xx,
+timeouts, dropped connections, a 200 whose body is not a chat completion) back off exponentially with
+jitter; a reply that fails the caller's parser is re-asked a bounded number of times. Whatever goes wrong
+with one item ends as a recorded failure of that item, never an aborted run; only errors that would hit
+every item alike (bad key, unknown model) stop it.
+
+``timeout`` bounds each request as a whole, from connecting to the last byte: the client's own timeout
+bounds each socket read only, so a server trickling bytes could hold a request for ever.
+
+The API key (``--api-key`` and ``$OPENAI_API_KEY``) is redacted from every reply and error message before
+anything parses, prints or writes it, so a server that echoes the key cannot leak it into results or logs.
+
+Each finished item is cached as one JSON file named from its id and the run's context (judge model, prompt
+version), so a rerun only judges what is missing or changed; failures are reported (and listed in the cache
+folder's ``failures.json``), never cached. A run whose score would cover only part of the items writes no
+score unless ``--allow-partial`` (:class:`Tally`).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import random
+import re
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, Sequence, TypeVar
 
 import openai
 from tqdm import tqdm
 
-from llava.eval.utils import InputError, read_json, write_json
+from llava.eval.utils import InputError, check_coverage, read_json, write_json
 
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -30,6 +44,11 @@ BASE_URL_ENV = "OPENAI_BASE_URL"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 # A bad key, missing access or an unknown model would fail every item alike: stop the run.
 FATAL_STATUS = frozenset({401, 403, 404})
+REDACTED = "<api-key>"
+# Shorter "keys" (a local server's "EMPTY") guard nothing, and replacing them would corrupt replies.
+MIN_SECRET_LENGTH = 8
+FAILURES_FILE = "failures.json"
+SHOWN_FAILURES = 10
 
 P = TypeVar("P")
 T = TypeVar("T")
@@ -43,8 +62,16 @@ class JudgeError(RuntimeError):
     """One item could not be judged within the retry budget; it is recorded as a failure."""
 
 
-class FatalJudgeError(RuntimeError):
-    """An error that would hit every item alike (bad key, unknown model); it stops the run."""
+class FatalJudgeError(InputError):
+    """An error that would hit every item alike (bad key, unknown model); it stops the run as a user error."""
+
+
+class _NotACompletion(ValueError):
+    """A 200 reply whose body is not a chat completion with text content (an HTML page, ``null``, ...)."""
+
+
+class _Overdue(Exception):
+    """A request did not finish within its deadline."""
 
 
 def make_client(base_url: str | None = None, api_key: str | None = None,
@@ -95,6 +122,47 @@ def _retry_after(response: Any) -> float | None:
         return None
 
 
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, or :class:`_Overdue` once ``seconds`` have passed without it returning.
+
+    A blocked socket read cannot be interrupted from outside, so an overdue call is abandoned: it runs in a
+    daemon thread, which never holds up the exit, and ends on its own (reply dropped) when the server
+    finishes, stops or stalls for one read timeout.
+    """
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # handed to the waiting thread, which re-raises it
+            outcome.append((False, e))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="judge-request", daemon=True).start()
+    if not done.wait(seconds):
+        raise _Overdue(f"no complete reply within {seconds:g} s")
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
+
+
+def _completion(body: str) -> tuple[str, Any]:
+    """The first choice's text and the reported model of a chat-completion body; a null content is ``""``."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise _NotACompletion(f"reply body is not JSON: {body[:200]!r}") from None
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict) or not isinstance(message.get("content"), (str, type(None))):
+        raise _NotACompletion(f"reply body is not a chat completion with text content: {body[:200]!r}")
+    return message.get("content") or "", doc.get("model")
+
+
 class Judge:
     """Sends chat completions to one model under the retry policy; safe to share across threads."""
 
@@ -103,12 +171,18 @@ class Judge:
                  parse_attempts: int = 3) -> None:
         if parse_attempts < 1:
             raise InputError(f"parse_attempts must be >= 1, got {parse_attempts}")
+        if not timeout > 0:
+            raise InputError(f"timeout must be > 0 seconds, got {timeout}")
         self.model = model
+        self.timeout = timeout
         self.backoff = backoff
         self.parse_attempts = parse_attempts
         self._client = client
         self._client_args = (base_url, api_key, timeout)
         self._lock = threading.Lock()
+        # Every key this process might send, longest first so that a key containing another goes whole.
+        secrets = {api_key, os.environ.get(API_KEY_ENV), client.api_key if client is not None else None}
+        self._secrets = sorted((s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
     @property
     def client(self) -> openai.OpenAI:
@@ -118,30 +192,43 @@ class Judge:
                 self._client = make_client(*self._client_args)
             return self._client
 
-    def _redact(self, text: str) -> str:
-        # Servers may echo the key in error bodies; failure messages get printed.
-        key = self._client.api_key if self._client is not None else None
-        return text.replace(key, "<api-key>") if key else text
+    def redact(self, text: str) -> str:
+        """``text`` with every API key replaced by :data:`REDACTED`."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
     def chat(self, messages: list[dict], **params: Any) -> Reply:
         """One completion; transient errors are retried with back-off, then raise :class:`JudgeError`."""
+        completions = self.client.chat.completions
+
+        def request() -> str:
+            # The raw body, parsed here: the client's own parsing accepts any JSON (or none) as a completion.
+            raw = completions.with_raw_response.create(model=self.model, messages=messages, **params)
+            return raw.http_response.text
+
         for attempt in range(self.backoff.retries + 1):
+            retry_after = None
             try:
-                resp = self.client.chat.completions.create(model=self.model, messages=messages, **params)
+                # Redacted before parsing, and before any message quotes (and cuts) the body.
+                content, model = _completion(self.redact(_within(self.timeout, request)))
             except openai.APIStatusError as e:
-                msg = self._redact(f"{type(e).__name__}: {e}")
+                error = self.redact(f"{type(e).__name__}: {e}")
                 if e.status_code in FATAL_STATUS:
-                    raise FatalJudgeError(msg) from None
+                    raise FatalJudgeError(error) from None
                 if e.status_code not in RETRYABLE_STATUS and e.status_code < 500:
-                    raise JudgeError(msg) from None
-                error, retry_after = msg, _retry_after(e.response)
+                    raise JudgeError(error) from None
+                retry_after = _retry_after(e.response)
             except openai.APIConnectionError as e:  # includes APITimeoutError
-                error, retry_after = self._redact(f"{type(e).__name__}: {e}"), None
-            except openai.APIError as e:  # e.g. a 200 whose body is not a completion
-                raise JudgeError(self._redact(f"{type(e).__name__}: {e}")) from None
+                error = self.redact(f"{type(e).__name__}: {e}")
+            except openai.APIError as e:
+                raise JudgeError(self.redact(f"{type(e).__name__}: {e}")) from None
+            except (_Overdue, _NotACompletion) as e:  # a proxy's error page or a stalled server may recover
+                error = str(e)
             else:
-                content = resp.choices[0].message.content if resp.choices else None
-                return Reply(content or "", resp.model or self.model)
+                # Redacted again: a key written with JSON escapes only shows once decoded.
+                reported = self.redact(model) if isinstance(model, str) and model else self.model
+                return Reply(self.redact(content), reported)
             if attempt < self.backoff.retries:
                 self.backoff.sleep(self.backoff.delay(attempt, retry_after))
         raise JudgeError(f"gave up after {self.backoff.retries + 1} attempts; last error: {error}")
@@ -157,6 +244,29 @@ class Judge:
         raise JudgeError(f"reply still malformed after {self.parse_attempts} attempts: {last}")
 
 
+def prompt_sha256(*parts: Any) -> str:
+    """A version of a judge prompt: the sha256 of its texts (and settings), so that any edit shows."""
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=True).encode()).hexdigest()
+
+
+def cache_path(cache_dir: str | os.PathLike, item_id: str, context: Mapping[str, Any]) -> Path:
+    """``<cache_dir>/<prefix>-<hash>.json``, the cache file of ``item_id`` judged under ``context``.
+
+    The prefix, the id's first 40 characters with any but ``A-Za-z0-9._-`` made ``_``, is for people reading
+    the folder; the hash (16 hex digits of the sha256 of id and context) makes names unique, even on
+    case-insensitive file systems. So any id (long, with slashes, non-ASCII) names a short valid file, and
+    another judge model or prompt version gets files of its own.
+    """
+    key = json.dumps([item_id, context], sort_keys=True, ensure_ascii=True)
+    prefix = re.sub(r"[^A-Za-z0-9._-]", "_", item_id[:40]).lstrip(".")
+    return Path(cache_dir) / f"{prefix}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparing with a cache file."""
+    return json.loads(json.dumps(obj))
+
+
 @dataclass
 class RunReport:
     """Outcome of :func:`judge_many`: results in input order, failures by id with their reason."""
@@ -167,36 +277,34 @@ class RunReport:
     judged: int
 
 
-def cache_path(cache_dir: str | os.PathLike, item_id: str) -> Path:
-    """``<cache_dir>/<item_id>.json``; an id that cannot be a plain file name is an input error."""
-    if not item_id or item_id in (".", "..") or any(c in item_id for c in "/\\\0"):
-        raise InputError(f"item id {item_id!r} cannot name a cache file")
-    return Path(cache_dir) / f"{item_id}.json"
-
-
 def judge_many(items: Mapping[str, P], judge_one: Callable[[P], Any], cache_dir: str | os.PathLike, *,
-               workers: int = 8, is_fresh: Callable[[P, Any], bool] | None = None,
+               context: Mapping[str, Any], is_valid: Callable[[Any], bool] | None = None, workers: int = 8,
                desc: str = "judging") -> RunReport:
     """Judge every item not already cached, ``workers`` at a time.
 
-    ``judge_one(payload)`` returns a JSON-serialisable result or raises :class:`JudgeError`
-    (recorded as a failure, not cached). A cached result for which ``is_fresh(payload, cached)``
-    is false (e.g. the prediction changed) is judged again. Any other exception stops the run.
+    ``judge_one(payload)`` returns a JSON-serialisable result or raises :class:`JudgeError` (recorded as a
+    failure, not cached). A cache file is reused only if it was written for the same id, ``context`` and
+    payload (so a changed prediction is judged again) and ``is_valid`` accepts its result. All file names are
+    fixed before the first request. The failures of the run are written to ``<cache_dir>/failures.json``
+    (removed by a run without any). Any other exception stops the run.
     """
+    context = _plain(context)
+    paths = {item_id: cache_path(cache_dir, item_id, context) for item_id in items}
     results: dict[str, Any] = {}
     todo = []
     for item_id, payload in items.items():
-        path = cache_path(cache_dir, item_id)
-        if path.is_file():
-            cached = read_json(path)
-            if is_fresh is None or is_fresh(payload, cached):
-                results[item_id] = cached
+        if paths[item_id].is_file():
+            entry = read_json(paths[item_id])
+            if (isinstance(entry, dict) and entry.get("id") == item_id and entry.get("context") == context
+                    and entry.get("payload") == _plain(payload) and "result" in entry
+                    and (is_valid is None or is_valid(entry["result"]))):
+                results[item_id] = entry["result"]
                 continue
         todo.append(item_id)
     n_cached = len(results)
     failures: dict[str, str] = {}
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
     if todo:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(judge_one, items[i]): i for i in todo}
             try:
@@ -208,20 +316,66 @@ def judge_many(items: Mapping[str, P], judge_one: Callable[[P], Any], cache_dir:
                         failures[item_id] = str(e)
                         continue
                     # Written as each item finishes, so an interrupted run keeps its progress.
-                    write_json(cache_path(cache_dir, item_id), result)
+                    write_json(paths[item_id], {"id": item_id, "context": context, "payload": items[item_id],
+                                                "result": result})
                     results[item_id] = result
             except BaseException:
                 # A fatal error (or Ctrl-C) must not leave queued items calling the API.
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+    failures_file = Path(cache_dir) / FAILURES_FILE
     if failures:
-        print(f"{len(failures)} item(s) failed and were not cached; rerun to retry only them:", file=sys.stderr)
-        for item_id, reason in list(failures.items())[:10]:
-            print(f"  {item_id}: {reason}", file=sys.stderr)
-        if len(failures) > 10:
-            print(f"  ... and {len(failures) - 10} more", file=sys.stderr)
+        write_json(failures_file, {i: failures[i] for i in items if i in failures}, indent=1)
+    else:
+        failures_file.unlink(missing_ok=True)
     ordered = {i: results[i] for i in items if i in results}
-    return RunReport(ordered, failures, n_cached, len(todo) - len(failures))
+    return RunReport(ordered, {i: failures[i] for i in items if i in failures}, n_cached, len(todo) - len(failures))
+
+
+@dataclass
+class Tally:
+    """What a judge run covered: of the ``expected`` ids, ``judged`` have a result and ``failures`` failed
+    (id -> reason); the rest had no prediction to judge."""
+
+    expected: Sequence[str]
+    judged: Sequence[str]
+    failures: Mapping[str, str]
+
+    @property
+    def skipped(self) -> list[str]:
+        done = set(self.judged) | set(self.failures)
+        return [i for i in self.expected if i not in done]
+
+    @property
+    def complete(self) -> bool:
+        return not self.failures and not self.skipped
+
+    def line(self) -> str:
+        """The last line of every judge run."""
+        return f"judged {len(self.judged)}, failed {len(self.failures)}, skipped {len(self.skipped)} (no prediction)"
+
+    def partial(self, source: str) -> dict | None:
+        """The ``write_score(partial=...)`` record (printing a PARTIAL warning), or None when complete."""
+        return check_coverage(self.expected, self.judged, source, allow_partial=True)
+
+    def refuse(self, failure_files: Sequence[Path]) -> NoReturn:
+        """Explain why no score was written and how to finish, print :meth:`line`, exit with status 1."""
+        if self.failures:
+            print(f"{len(self.failures)} item(s) failed (not cached):", file=sys.stderr)
+            for item_id, reason in list(self.failures.items())[:SHOWN_FAILURES]:
+                print(f"  {item_id}: {reason}", file=sys.stderr)
+            if len(self.failures) > SHOWN_FAILURES:
+                print(f"  ... and {len(self.failures) - SHOWN_FAILURES} more", file=sys.stderr)
+            print(f"  all reasons: {', '.join(map(str, failure_files))}", file=sys.stderr)
+        if self.skipped:
+            head = ", ".join(map(repr, self.skipped[:3]))
+            print(f"{len(self.skipped)} item(s) have no prediction, e.g. {head}", file=sys.stderr)
+        print("PARTIAL: no score file written (--allow-partial writes one, marked partial). Rerunning the same "
+              "command asks only the failed items again (and any whose prediction appeared since); the "
+              f"{len(self.judged)} judged item(s) are cached and not re-asked.", file=sys.stderr)
+        sys.stderr.flush()
+        print(self.line())
+        sys.exit(1)
 
 
 def positive_int(text: str) -> int:
@@ -229,6 +383,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -242,8 +404,9 @@ def add_judge_args(parser: argparse.ArgumentParser, default_model: str) -> None:
                         help=f"API key (default: ${API_KEY_ENV}; the variable keeps it out of the process list)")
     parser.add_argument("--workers", type=positive_int, default=8, help="concurrent requests (default 8)")
     parser.add_argument("--max-retries", type=int, default=6,
-                        help="retries per request on 429/5xx/timeouts/connection errors (default 6)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+                        help="retries per request on 429/5xx/timeouts/connection errors/unusable replies (default 6)")
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
+                        help="seconds one request may take in all, connecting to last byte (default 60)")
 
 
 def judge_from_args(args: argparse.Namespace, parse_attempts: int = 3) -> Judge:

@@ -1,35 +1,47 @@
 """Answer a LLaVA question file (JSON-lines: question_id, image, text) with 128 new tokens by default.
 
 Used by VQAv2, GQA, VizWiz, TextVQA, POPE and MME. Answer line (upstream format):
-``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``.
+``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``; ``metadata.manifest`` names the
+run manifest (``<answers-file>.manifest.json``) that records how the answers were made.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from llava.eval.runner import Sample, add_common_args, run
-from llava.eval.utils import iter_jsonl, require_keys
+from llava.eval.runner import AnswerFormat, Sample, add_common_args, run
+from llava.eval.utils import ArgumentParser, InputError, cli, iter_jsonl, require_keys
 from llava.mm_utils import load_image
-
 
 # TextVQA and MME reuse a question_id for every question about the same image; the prompt tells them apart.
 VQA_KEY = ("question_id", "prompt")
+ANSWERS = AnswerFormat(VQA_KEY)
 
 
 def vqa_samples(question_file: str, image_folder: str) -> list[Sample]:
     """One :class:`Sample` per question line; the image is read only when the question is answered."""
     samples = []
     for lineno, q in iter_jsonl(os.path.expanduser(question_file)):
-        require_keys(q, ("question_id", "image", "text"), f"{question_file}:{lineno}")
+        where = f"{question_file}:{lineno}"
+        require_keys(q, ("question_id", "image", "text"), where)
+        qid = q["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+            raise InputError(f"{where}: question_id must be an integer or a string, got {qid!r}")
+        for name in ("image", "text"):
+            if not isinstance(q[name], str):
+                raise InputError(f"{where}: {name!r} must be a string, got {q[name]!r}")
         path = os.path.join(image_folder, q["image"])
-        samples.append(Sample(key=(q["question_id"], q["text"]), question=q["text"], image=lambda p=path: load_image(p),
-                              record={"question_id": q["question_id"], "prompt": q["text"]}, image_name=path))
+        samples.append(Sample(key=(qid, q["text"]), question=q["text"], media=lambda p=path: load_image(p),
+                              record={"question_id": qid, "prompt": q["text"]}, media_name=path, where=where))
     return samples
 
 
+def load_samples(args) -> list[Sample]:
+    return vqa_samples(args.question_file, args.image_folder)
+
+
 def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--image-folder", type=str, required=True, help="folder the question file's image paths are relative to")
     parser.add_argument("--question-file", type=str, required=True, help="JSON-lines questions (question_id, image, text)")
     add_common_args(parser, max_new_tokens=max_new_tokens)
@@ -38,8 +50,8 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser(__doc__, max_new_tokens=128).parse_args(argv)
-    run(args, vqa_samples(args.question_file, args.image_folder), key_fields=VQA_KEY)
+    run(args, load_samples, ANSWERS)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

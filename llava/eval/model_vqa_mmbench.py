@@ -6,25 +6,37 @@ rotation of its options (``round_id`` 0..n-1); the released scripts use one roun
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
+import numbers
 import os
 
 from PIL import Image
 
 from llava.eval.model_vqa_science import SINGLE_PRED_EN
-from llava.eval.runner import Sample, add_common_args, run
-from llava.eval.utils import InputError
+from llava.eval.runner import AnswerFormat, Sample, add_common_args, run
+from llava.eval.utils import ArgumentParser, InputError, cli
 
 SINGLE_PRED_CN = "请直接回答选项字母。"
 ALL_OPTIONS = ("A", "B", "C", "D")
+ANSWERS = AnswerFormat(("question_id", "round_id"))
 
 
 def is_none(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or \
         (isinstance(value, str) and value.lower() in ("nan", "none"))
+
+
+def mmbench_index(value, where: str) -> int:
+    """A TSV row's ``index`` as an int (pandas reads it as an integer, or a float/str column when rows differ)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise InputError(f"{where}: 'index' must be an integer, got {value!r}")
 
 
 def decode_image(b64: str, where: str) -> Image.Image:
@@ -41,7 +53,10 @@ def mmbench_samples(question_file: str, all_rounds: bool, single_pred_prompt: bo
     path = os.path.expanduser(question_file)
     if not os.path.isfile(path):
         raise InputError(f"{path}: file not found")
-    table = pd.read_table(path)
+    try:
+        table = pd.read_table(path)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
+        raise InputError(f"{path}: not a readable TSV ({e})") from None
     missing = {"index", "question", "image", "A", "B"} - set(table.columns)
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
@@ -54,7 +69,10 @@ def mmbench_samples(question_file: str, all_rounds: bool, single_pred_prompt: bo
                 break
             options.append(row[char])
         chars = list(ALL_OPTIONS[:len(options)])
-        where = f"{path}: row {row_no + 2}"  # + header line, 1-based
+        where = f"{path}:{row_no + 2}"  # + header line, 1-based
+        index = mmbench_index(row["index"], where)
+        if not isinstance(row["question"], str):
+            raise InputError(f"{where}: 'question' must be text, got {row['question']!r}")
         for round_id in range(len(options) if all_rounds else 1):
             question = row["question"]
             hint = row.get("hint")
@@ -66,16 +84,16 @@ def mmbench_samples(question_file: str, all_rounds: bool, single_pred_prompt: bo
             if single_pred_prompt:
                 question += "\n" + suffix
             samples.append(Sample(
-                key=(int(row["index"]), round_id), question=question,
-                image=lambda b=row["image"], w=where: decode_image(b, w), image_name=where,
-                record={"question_id": int(row["index"]), "round_id": round_id, "prompt": prompt,
+                key=(index, round_id), question=question, where=where,
+                media=lambda b=row["image"], w=where: decode_image(b, w), media_name=where,
+                record={"question_id": index, "round_id": round_id, "prompt": prompt,
                         "options": list(options), "option_char": list(chars)}))
             options, chars = options[1:] + options[:1], chars[1:] + chars[:1]
     return samples
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--question-file", type=str, required=True, help="MMBench TSV (e.g. mmbench_dev_20230712.tsv)")
     parser.add_argument("--image-folder", type=str, default=None, help="unused (images are inside the TSV); kept for upstream compatibility")
     parser.add_argument("--all-rounds", action="store_true", help="ask every rotation of the options")
@@ -83,9 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lang", choices=["en", "cn"], default="en", help="language of the instruction (en or cn)")
     add_common_args(parser, max_new_tokens=1024)
     args = parser.parse_args(argv)
-    run(args, mmbench_samples(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang),
-        key_fields=("question_id", "round_id"))
+    run(args, load_samples, ANSWERS)
+
+
+def load_samples(args) -> list[Sample]:
+    return mmbench_samples(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

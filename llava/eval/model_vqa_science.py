@@ -5,12 +5,13 @@ questions run without an image. ``--single-pred-prompt`` appends LLaVA's answer-
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from llava.eval.runner import Sample, add_common_args, run
-from llava.eval.utils import InputError, read_json, require_keys
+from llava.eval.runner import AnswerFormat, Sample, add_common_args, run
+from llava.eval.utils import ArgumentParser, InputError, cli, read_json, require_keys
 from llava.mm_utils import load_image
+
+ANSWERS = AnswerFormat(("question_id",))
 
 SINGLE_PRED_EN = "Answer with the option's letter from the given choices directly."
 
@@ -22,31 +23,44 @@ def science_samples(question_file: str, image_folder: str, single_pred_prompt: b
     samples = []
     for i, item in enumerate(items):
         where = f"{question_file}: item {i}"
+        if not isinstance(item, dict):
+            raise InputError(f"{where}: expected an object")
         require_keys(item, ("id", "conversations"), where)
-        question = item["conversations"][0]["value"].replace("<image>", "").strip()
+        turns = item["conversations"]
+        if not (isinstance(turns, list) and turns and isinstance(turns[0], dict) and turns[0].get("from") == "human"
+                and isinstance(turns[0].get("value"), str)):
+            raise InputError(f"{where} (id {item['id']!r}): 'conversations' must start with a human turn "
+                             '{"from": "human", "value": "<question>"}')
+        question = turns[0]["value"].replace("<image>", "").strip()
         if single_pred_prompt:
             question += "\n" + SINGLE_PRED_EN
         image, path = None, None
         prompt = question
         if "image" in item:
+            if not isinstance(item["image"], str):
+                raise InputError(f"{where} (id {item['id']!r}): 'image' must be a string, got {item['image']!r}")
             path = os.path.join(image_folder, item["image"])
             image = lambda p=path: load_image(p)
             prompt = "<image>\n" + question
-        samples.append(Sample(key=(item["id"],), question=question, image=image, image_name=path,
+        samples.append(Sample(key=(item["id"],), question=question, media=image, media_name=path, where=where,
                               record={"question_id": item["id"], "prompt": prompt}))
     return samples
 
 
+def load_samples(args) -> list[Sample]:
+    return science_samples(args.question_file, args.image_folder, args.single_pred_prompt)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--image-folder", type=str, required=True, help="ScienceQA test images folder")
     parser.add_argument("--question-file", type=str, required=True, help="llava_test_CQM-A.json")
     parser.add_argument("--single-pred-prompt", action="store_true", help="append the answer-with-a-letter instruction")
     parser.add_argument("--answer-prompter", action="store_true", help="accepted for upstream compatibility; has no effect")
     add_common_args(parser, max_new_tokens=1024, conv_mode="llava_v0")
     args = parser.parse_args(argv)
-    run(args, science_samples(args.question_file, args.image_folder, args.single_pred_prompt))
+    run(args, load_samples, ANSWERS)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -80,3 +80,59 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def code_sha256() -> str:
+    """A hash of this package's Python sources: what changes when the code that makes answers changes."""
+    root = Path(__file__).resolve().parents[1]  # the llava package
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def git_info() -> dict | None:
+    """The commit (and whether the package's files differ from it) when the package runs from a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "llava"], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def environment(device: str) -> dict:
+    """Versions and the device kind: what else can change an answer for the same settings."""
+    import platform
+
+    import torch
+    import transformers
+
+    from llava import __version__
+
+    device_name = "cpu"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    return {"fastervlm": __version__, "code_sha256": code_sha256(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(), "device": device_name}
+
+
+def checkpoint_fingerprint(model_path: str | os.PathLike) -> str:
+    """A hash of a checkpoint's config and weight index: its ``config.json`` and either its ``*.index.json`` or,
+    for unsharded weights, each weight file's name and size (hashing gigabytes of weights on every run would cost
+    minutes)."""
+    folder = Path(model_path)
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name == "config.json" or path.name.endswith(".index.json"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        elif path.suffix in (".safetensors", ".bin") and path.is_file():
+            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+    return digest.hexdigest()[:16]

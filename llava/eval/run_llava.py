@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-import argparse
+import os
 import re
 
 import torch
@@ -13,6 +13,7 @@ import torch
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
 from llava.conversation import conv_templates
 from llava.eval.runner import generate_batch
+from llava.eval.utils import ArgumentParser, InputError, cli
 from llava.mm_utils import get_model_name_from_path, load_image, tokenizer_image_token
 
 
@@ -32,9 +33,23 @@ def infer_conv_mode(model_name: str) -> str:
     return "llava_v0"
 
 
+def image_files(value: str, sep: str) -> list[str]:
+    """``--image-file``: one existing file (its name may contain ``sep``), else ``sep``-separated files, each named
+    when it is missing."""
+    if os.path.isfile(value) or not sep or sep not in value:
+        parts = [value]
+    else:
+        parts = value.split(sep)
+    for part in parts:
+        if not os.path.isfile(part):
+            raise InputError(f"--image-file: no such file {part!r}")
+    return parts
+
+
 def eval_model(args) -> str:
     from llava.model.builder import load_pretrained_model
 
+    files = image_files(args.image_file, args.sep)  # before any weight is loaded
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, processor, _ = load_pretrained_model(args.model_path, args.model_base, model_name, device=device,
@@ -49,11 +64,11 @@ def eval_model(args) -> str:
         query = image_token + "\n" + query
     conv_mode = args.conv_mode or infer_conv_mode(model_name)
     if conv_mode not in conv_templates:
-        raise ValueError(f"--conv-mode {conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
+        raise InputError(f"--conv-mode {conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
     conv = conv_templates[conv_mode].copy()
     conv.append_message(conv.roles[0], query)
     conv.append_message(conv.roles[1], None)
-    images = [load_image(f) for f in args.image_file.split(args.sep)]
+    images = [load_image(f) for f in files]
     if len(images) > 1:
         raise NotImplementedError("several images in one prompt are not supported; pass one --image-file")
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, use_cache=True,
@@ -68,7 +83,7 @@ def eval_model(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model-path", type=str, required=True, help="LLaVA checkpoint folder")
     parser.add_argument("--model-base", type=str, default=None, help="base model for LoRA checkpoints (not supported)")
     parser.add_argument("--image-file", type=str, required=True, help="image path")
@@ -89,4 +104,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -1,9 +1,12 @@
-"""The one inference loop behind every benchmark CLI (``model_vqa*``): chunking, resume, batching, progress.
+"""The one inference loop behind every benchmark CLI (``model_vqa*``, video QA): chunks, resume, manifests, batching.
 
-A CLI turns its question file into :class:`Sample` objects and calls :func:`run`. The loop owns
-everything else: loading the model, the prompt template, greedy or sampled decoding, appending one
-answer line per question (flushed, so a killed run loses at most the lines in flight), skipping
-questions already answered when rerun, and the final question-order rewrite of the answers file.
+A CLI module defines ``load_samples(args) -> list[Sample]`` (its question file as :class:`Sample` objects) and an
+:class:`AnswerFormat`, and calls :func:`run`. The loop owns everything else: the run manifest
+(``llava.eval.provenance``: resuming or appending under other settings is refused), loading the model, the prompt
+template, greedy or sampled decoding, appending one answer line per question (flushed, so a killed run loses at
+most the lines in flight), skipping questions already answered when rerun, media that cannot be read, and the
+final question-order rewrite of the answers file. ``llava.eval.merge_chunks`` calls ``load_samples`` again, from
+the manifest, to check that the merged chunks answer exactly the question set.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import json
 import math
 import os
 import random
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,22 +28,55 @@ from tqdm import tqdm
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
+from llava.eval import provenance
 from llava.eval.utils import InputError
-from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
-from llava.pruning import available_methods, cli_parameters, get_method, method_parameters
+from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, get_model_name_from_path, process_images,
+                            tokenizer_image_token)
+from llava.pruning import InLLMPruningMethod, available_methods, cli_parameters, get_method, method_parameters
 
 PRUNING_METHODS = available_methods()
 
 
 @dataclass
 class Sample:
-    """One question. ``question`` is the user text without the image token; ``record`` is copied into the answer line."""
+    """One question. ``question`` is the user text without the image token; ``record`` is copied into the answer line.
+
+    ``media`` loads what the question is about, when it is answered: a PIL image, or a preprocessed
+    (3, T, H, W) video clip; None for a text-only question. ``where`` names the question's place in its file
+    (``file:line``) for error messages. ``seed``: a per-question seed for the sampling draws (Video-LLaVA's
+    paper protocol), else the run's ``--seed`` seeds them once. ``placeholders``: ``<image>`` tokens before the
+    question (one per video frame for Video-LLaVA).
+    """
 
     key: tuple  # unique id of the answer line, e.g. (question_id,) or (question_id, round_id)
     question: str
-    image: Callable[[], Image.Image] | None  # lazily loaded; None for text-only questions
+    media: Callable[[], Image.Image | torch.Tensor] | None
     record: dict = field(default_factory=dict)
-    image_name: str | None = None  # for error messages and the missing-images report
+    media_name: str | None = None  # for error messages and the missing-media report
+    where: str = ""
+    seed: int | None = None
+    placeholders: int = 1
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """An answer file's lines: the fields that identify a question, and where the generated text goes.
+
+    LLaVA's lines are ``record + {"text", "answer_id", "model_id", "metadata"}``; Video-ChatGPT's are
+    ``record + {"pred", "metadata"}``. ``metadata.manifest`` is the run manifest's fingerprint.
+    """
+
+    key_fields: tuple[str, ...] = ("question_id",)
+    text_field: str = "text"
+    llava_ids: bool = True  # answer_id and model_id, as LLaVA's answer lines have
+
+
+# Flags that say where things are or which part of the work a process does: recorded, never compared.
+_BOOKKEEPING = frozenset({"model_path", "answers_file", "question_file", "image_folder", "video_dir", "gt_file_question",
+                          "gt_file_answers", "num_chunks", "chunk_idx", "limit", "skip_missing_images", "overwrite",
+                          "debug", "device"})
+# Input files whose content (not path) decides the answers.
+_HASHED_FILES = ("question_file", "gt_file_question", "gt_file_answers")
 
 
 def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float = 0.2,
@@ -47,55 +85,93 @@ def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temper
     parser.add_argument("--model-path", type=str, required=True, help="LLaVA checkpoint folder (e.g. checkpoints/llava-v1.5-7b)")
     parser.add_argument("--model-base", type=str, default=None, help="base model for LoRA checkpoints (not supported; merge first)")
     parser.add_argument("--answers-file", type=str, required=True,
-                        help="answers JSON-lines file; appended to, skipping questions it already answers")
+                        help="answers JSON-lines file; appended to, skipping questions it already answers, as long as "
+                             "its manifest (<answers-file>.manifest.json) records the same settings")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard an existing answers file (and its manifest) and start afresh")
     parser.add_argument("--conv-mode", type=str, default=conv_mode, help=f"prompt template (default {conv_mode}; the paper uses vicuna_v1)")
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many contiguous chunks")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which chunk (0-based) this process answers")
+    add_chunk_args(parser)
     parser.add_argument("--temperature", type=float, default=temperature,
                         help=f"sampling temperature; 0 = greedy, the paper's protocol (default {temperature}, as upstream)")
     parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold (only when sampling)")
     parser.add_argument("--num_beams", type=int, default=1, help="beam search width (default 1)")
     parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help=f"generation limit (default {max_new_tokens})")
+    add_pruning_args(parser)
+    parser.add_argument("--anyres-protocol", choices=ANYRES_PROTOCOLS, default=None,
+                        help="LLaVA-NeXT only: " + "; ".join(f"'{name}': {text}" for name, text in ANYRES_PROTOCOL_HELP.items()))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed (matters when sampling, and for --pruning-method random)")
+    add_device_args(parser)
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="questions per forward (default 1, the paper's protocol); >1 left-pads and sorts by length")
+    parser.add_argument("--skip-missing-images", action="store_true",
+                        help="record unreadable or missing images in <answers-file>.missing.jsonl and go on, instead of "
+                             "stopping; their questions get no answer (merging then needs --allow-partial)")
+
+
+def add_chunk_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many contiguous chunks")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="which chunk (0-based) this process answers")
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions of the chunk (quick runs)")
+
+
+def add_pruning_args(parser: argparse.ArgumentParser, methods: Sequence[str] = PRUNING_METHODS) -> None:
     parser.add_argument("--visual-token-num", type=int, default=None,
                         help="[FasterVLM] visual tokens kept per image (576 = all for LLaVA-1.5); default: no pruning")
-    parser.add_argument("--pruning-method", type=str, default="fastervlm", choices=PRUNING_METHODS,
+    parser.add_argument("--pruning-method", type=str, default="fastervlm", choices=methods,
                         help="how visual tokens are chosen (default fastervlm; the others are baselines and the "
                              "paper's ablations, see llava/pruning/README.md)")
     for p in cli_parameters():  # each method's own options, e.g. --fastv-k
         defaults = ", ".join(f"{name}: {value}" for name, value in p.defaults.items())
         parser.add_argument(p.flag, type=p.type, choices=p.choices, default=None, help=f"{p.help} (default {defaults})")
-    parser.add_argument("--anyres-protocol", choices=["paper", "vanilla"], default=None,
-                        help="LLaVA-NeXT only: 'paper' (fixed 672x672 grid, no newline tokens; the default when pruning) "
-                             "or 'vanilla' (LLaVA-NeXT's own grid choice and spatial_unpad merge)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed (matters when sampling, and for --pruning-method random)")
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=str, default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                         help="LLM dtype (default float16 on CUDA, the paper's protocol; float32 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="questions per forward (default 1, the paper's protocol); >1 left-pads and sorts by length")
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager", "flash_attention_2"], default="sdpa",
                         help="LLM attention kernel (flash_attention_2 needs the [flash] extra)")
-    parser.add_argument("--skip-missing-images", action="store_true",
-                        help="record missing images in <answers-file>.missing.jsonl and go on, instead of stopping")
-    parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions of the chunk (quick runs)")
 
 
 def get_chunk(items: Sequence, num_chunks: int, chunk_idx: int) -> list:
-    """LLaVA's chunking: contiguous slices of ceil(n / num_chunks) items."""
+    """LLaVA's chunking: contiguous slices of ceil(n / num_chunks) items (trailing chunks may be empty)."""
     if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
         raise InputError(f"--chunk-idx {chunk_idx} must lie in [0, --num-chunks {num_chunks})")
     size = math.ceil(len(items) / num_chunks)
     return list(items[chunk_idx * size:(chunk_idx + 1) * size])
 
 
-def read_done(path: Path, key_fields: Sequence[str]) -> set[tuple]:
-    """Keys already answered in ``path``. A torn last line (a killed run) is cut off; any other bad line is an error."""
+def key_of(sample: Sample) -> tuple:
+    """A sample's key as answer lines spell it (JSON of each field), so ids of any type compare exactly."""
+    return tuple(json.dumps(k) for k in sample.key)
+
+
+def line_key(obj: dict, key_fields: Sequence[str]) -> tuple:
+    return tuple(json.dumps(obj.get(k)) for k in key_fields)
+
+
+def check_unique(samples: Sequence[Sample]) -> None:
+    """Two questions with one key could not be told apart in the answers: name both places."""
+    seen: dict[tuple, Sample] = {}
+    for s in samples:
+        first = seen.setdefault(key_of(s), s)
+        if first is not s:
+            raise InputError(f"{s.where}: question {s.key[0]!r} repeats {first.where}; answers could not be told apart")
+
+
+def read_answers(path: Path, key_fields: Sequence[str], fingerprint: str | None) -> set[tuple]:
+    """Keys already answered in ``path``, checked line by line.
+
+    A torn last line (a killed run) is cut off; a complete last line without its newline gets one, so the next
+    answer is not glued onto it. A malformed line elsewhere, a repeated key or a line made under another manifest
+    (``metadata.manifest`` differs from ``fingerprint``) is an error naming the line.
+    """
     if not path.is_file():
         return set()
     raw = path.read_bytes()
     lines = raw.split(b"\n")
-    done: set[tuple] = set()
+    done: dict[tuple, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -107,18 +183,26 @@ def read_done(path: Path, key_fields: Sequence[str]) -> set[tuple]:
                     f.truncate(len(raw) - len(line))
                 break
             raise InputError(f"{path}:{lineno}: malformed answer line; fix or delete the file to resume") from None
-        done.add(tuple(json.dumps(obj.get(k)) for k in key_fields))
-    return done
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object")
+        made_by = (obj.get("metadata") or {}).get("manifest") if isinstance(obj.get("metadata"), dict) else None
+        if fingerprint is not None and made_by != fingerprint:
+            raise InputError(f"{path}:{lineno}: made by another run (manifest {made_by!r}, this run's is {fingerprint!r});"
+                             " pass --overwrite to start afresh, or use another --answers-file")
+        key = line_key(obj, key_fields)
+        if key in done:
+            raise InputError(f"{path}:{lineno}: question {key[0]} is answered twice (first at line {done[key]})")
+        done[key] = lineno
+        if lineno == len(lines):  # complete, but its newline is missing
+            with open(path, "ab") as f:
+                f.write(b"\n")
+    return set(done)
 
 
-def _key(sample: Sample) -> tuple:
-    return tuple(json.dumps(k) for k in sample.key)
-
-
-def build_prompt(question: str, has_image: bool, conv_mode: str, mm_use_im_start_end: bool) -> str:
-    if has_image:
+def build_prompt(question: str, placeholders: int, conv_mode: str, mm_use_im_start_end: bool) -> str:
+    if placeholders:
         image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN if mm_use_im_start_end else DEFAULT_IMAGE_TOKEN
-        question = image_token + "\n" + question
+        question = image_token * placeholders + "\n" + question
     conv = conv_templates[conv_mode].copy()
     conv.append_message(conv.roles[0], question)
     conv.append_message(conv.roles[1], None)
@@ -138,18 +222,102 @@ def pruning_kwargs(args) -> dict:
         kwargs[p.param] = value
     if "seed" in method_parameters(args.pruning_method):
         kwargs["seed"] = args.seed
-    try:
-        get_method(args.pruning_method, **kwargs)  # bad values fail here, before any weights load
-    except ValueError as e:
-        raise InputError(str(e)) from None
     return kwargs
 
 
-def _load_model(args):
-    from llava.model.builder import check_visual_token_num, load_pretrained_model
+def resolve_conv_mode(args) -> str:
+    """``--conv-mode``, with LLaVA's rule for pretrain-only (``plain``) checkpoints."""
+    if args.conv_mode not in conv_templates:
+        raise InputError(f"--conv-mode {args.conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
+    model_name = get_model_name_from_path(os.path.expanduser(args.model_path))
+    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in args.conv_mode:
+        return args.conv_mode + "_mmtag"
+    return args.conv_mode
 
-    check_visual_token_num(args.model_path, args.visual_token_num)  # fail before loading weights
-    method_kwargs = pruning_kwargs(args)
+
+def _file_sha256(args, name: str) -> str | None:
+    value = getattr(args, name, None)
+    if value is None:
+        return None
+    path = Path(os.path.expanduser(value))
+    if not path.is_file():
+        raise InputError(f"--{name.replace('_', '-')} {value}: file not found")
+    return provenance.file_sha256(path)
+
+
+def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settings: dict | None = None) -> dict:
+    """Everything that can change this run's answers (``settings``, ``environment``), how the work is split
+    (``chunk``) and where things are (``info``), from the arguments and files alone: no weight is loaded."""
+    from llava.model.builder import read_model_config, resolve_anyres_protocol
+
+    model_path = os.path.expanduser(args.model_path)
+    cfg = read_model_config(model_path)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    method = get_method(args.pruning_method, **pruning_kwargs(args))
+    method_flags = {p.flag.lstrip("-").replace("-", "_") for p in cli_parameters()}
+    mapped = {"model_base", "dtype", "attn_implementation", "anyres_protocol", "visual_token_num", "pruning_method",
+              "conv_mode", "temperature", "top_p", "num_beams", "max_new_tokens", "seed", "batch_size"}
+    options = {k: v for k, v in sorted(vars(args).items())
+               if k not in _BOOKKEEPING | mapped | method_flags and k not in _HASHED_FILES}
+    default_dtype = "float16" if device.startswith("cuda") else "float32"
+    settings = {
+        "model": {"checkpoint": Path(model_path).name, "fingerprint": provenance.checkpoint_fingerprint(model_path),
+                  "model_base": args.model_base, "dtype": args.dtype or default_dtype,
+                  "attn_implementation": args.attn_implementation, "device": device.split(":")[0],
+                  "anyres_protocol": resolve_anyres_protocol(cfg, args.visual_token_num, args.anyres_protocol)},
+        "pruning": {"visual_token_num": args.visual_token_num, "method": method.name,
+                    "params": {name: getattr(method, name) for name in method_parameters(method.name)}},
+        "decoding": {"conv_mode": resolve_conv_mode(args), "temperature": args.temperature, "top_p": args.top_p,
+                     "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                     "batch_size": args.batch_size},
+        "task": {"module": _module_name(loader), "options": options,
+                 "inputs_sha256": {name: _file_sha256(args, name) for name in _HASHED_FILES if hasattr(args, name)},
+                 **(extra_settings or {})},
+    }
+    paths = {k: os.path.abspath(os.path.expanduser(v)) for k, v in vars(args).items()
+             if k in _BOOKKEEPING and isinstance(v, str) and k != "device"}
+    manifest = {"format": provenance.FORMAT, "settings": settings, "environment": provenance.environment(device),
+                "chunk": {"num_chunks": args.num_chunks, "chunk_idx": args.chunk_idx, "questions": len(chunk)},
+                "info": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "paths": paths, "git": provenance.git_info(),
+                         "limit": args.limit, "argv": sys.argv[1:]}}
+    manifest["fingerprint"] = provenance.fingerprint(manifest)
+    return manifest
+
+
+def _module_name(loader: Callable) -> str:
+    """The importable name of the module defining ``loader`` (``__main__`` under ``python -m`` is resolved)."""
+    module = sys.modules[loader.__module__]
+    spec = getattr(module, "__spec__", None)
+    return spec.name if spec is not None else loader.__module__
+
+
+def start_answers_file(answers_file: Path, manifest: dict, answers: AnswerFormat, overwrite: bool) -> set[tuple]:
+    """Make ``answers_file`` this run's: refuse one made under other settings, write the manifest, return the
+    keys it already answers."""
+    missing_log = answers_file.with_name(answers_file.name + ".missing.jsonl")
+    if overwrite:
+        for path in (answers_file, provenance.manifest_path(answers_file), missing_log):
+            path.unlink(missing_ok=True)
+    existing = provenance.read_manifest(answers_file)
+    has_answers = answers_file.is_file() and answers_file.stat().st_size > 0
+    if has_answers and existing is None:
+        raise InputError(f"{answers_file}: holds answers but no manifest ({provenance.manifest_path(answers_file).name}),"
+                         " so how they were made is unknown; pass --overwrite to start afresh")
+    if has_answers:
+        diffs = provenance.differences(existing, manifest, parts=(*provenance.COMPARED, "chunk"))
+        if diffs:
+            raise InputError(f"{answers_file}: was made with other settings; resuming would mix runs:\n  "
+                             + "\n  ".join(diffs) + "\npass --overwrite to start afresh, or use another --answers-file")
+        manifest["info"]["resumed"] = existing["info"].get("created")
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    provenance.write_manifest(answers_file, manifest)
+    answers_file.touch()  # an empty chunk still writes its (empty) answers file
+    return read_answers(answers_file, answers.key_fields, manifest["fingerprint"])
+
+
+def _load_model(args, method_kwargs: dict):
+    from llava.model.builder import load_pretrained_model
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs = {"attn_implementation": args.attn_implementation}
     if args.dtype:
@@ -162,32 +330,63 @@ def _load_model(args):
     return tokenizer, model, processor, model_name
 
 
-def run(args, samples: Sequence[Sample], key_fields: Sequence[str] = ("question_id",)) -> None:
-    """Answer this chunk of ``samples`` into ``args.answers_file`` (see the module docstring)."""
-    if args.conv_mode not in conv_templates:
-        raise InputError(f"--conv-mode {args.conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
+def check_args(args) -> None:
+    """Argument errors that need no file: fail before anything is read or written."""
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    keys = [_key(s) for s in samples]
-    if len(set(keys)) != len(keys):
-        raise InputError("the question file repeats a question id; answers could not be told apart")
+    if args.limit is not None and args.limit < 0:
+        raise InputError(f"--limit must be >= 0, got {args.limit}")
+    if args.visual_token_num is not None and args.visual_token_num < 0:
+        raise InputError(f"--visual-token-num must be >= 0, got {args.visual_token_num}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.num_beams < 1 or args.max_new_tokens < 1:
+        raise InputError("--num_beams and --max_new_tokens must be >= 1")
+    try:
+        method = get_method(args.pruning_method, **pruning_kwargs(args))  # bad values fail here, before any weights load
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if isinstance(method, InLLMPruningMethod):
+        from llava.pruning.llm import check_supported
+
+        check_supported()
+
+
+def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: AnswerFormat = AnswerFormat(),
+        extra_settings: dict | None = None, postprocess: Callable[[str], str] | None = None,
+        processor_key: str | None = None) -> None:
+    """Answer this chunk of ``loader(args)`` into ``args.answers_file`` (see the module docstring).
+
+    ``extra_settings`` go into the manifest's ``settings.task`` (e.g. the video decoder); ``postprocess`` edits each
+    decoded answer; ``processor_key`` picks one processor when the loader returns several (Video-LLaVA's ``video``).
+    """
+    from llava.model.builder import check_visual_token_num
+
+    check_args(args)
+    samples = loader(args)
+    check_unique(samples)
     chunk = get_chunk(samples, args.num_chunks, args.chunk_idx)
     if args.limit is not None:
         chunk = chunk[:args.limit]
+    if any(s.seed is not None for s in chunk) and args.batch_size > 1:
+        raise InputError("this task seeds every question's draws on its own; use --batch-size 1")
+    check_visual_token_num(os.path.expanduser(args.model_path), args.visual_token_num)  # fail before loading weights
     answers_file = Path(os.path.expanduser(args.answers_file))
-    answers_file.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(answers_file, key_fields)
-    todo = [s for s in chunk if _key(s) not in done]
+    manifest = build_manifest(args, loader, chunk, extra_settings)
+    done = start_answers_file(answers_file, manifest, answers, args.overwrite)
+    todo = [s for s in chunk if key_of(s) not in done]
+    missing_log = answers_file.with_name(answers_file.name + ".missing.jsonl")
     if not todo:
         print(f"{answers_file}: all {len(chunk)} questions of this chunk are answered")
+        _rewrite_in_question_order(answers_file, chunk, answers.key_fields)
         return
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    tokenizer, model, processor, model_name = _load_model(args)
-    conv_mode = args.conv_mode
-    if "plain" in model_name and "finetune" not in model_name.lower() and "mmtag" not in conv_mode:
-        conv_mode += "_mmtag"  # LLaVA's rule for pretrain-only checkpoints
+    tokenizer, model, processor, model_name = _load_model(args, pruning_kwargs(args))
+    if processor_key is not None:
+        processor = processor[processor_key]
+    conv_mode = manifest["settings"]["decoding"]["conv_mode"]
     im_start_end = getattr(model.config, "mm_use_im_start_end", False)
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, use_cache=True,
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -196,22 +395,27 @@ def run(args, samples: Sequence[Sample], key_fields: Sequence[str] = ("question_
     else:
         gen_kwargs.update(do_sample=False)
 
-    prompts = {_key(s): tokenizer_image_token(build_prompt(s.question, s.image is not None, conv_mode, im_start_end), tokenizer)
-               for s in todo}
+    prompts = {key_of(s): tokenizer_image_token(build_prompt(s.question, s.placeholders if s.media else 0, conv_mode,
+                                                             im_start_end), tokenizer) for s in todo}
     if args.batch_size > 1:  # longest first: less padding per batch, and an early out-of-memory
-        todo = sorted(todo, key=lambda s: -len(prompts[_key(s)]))
-    missing_log = answers_file.with_name(answers_file.name + ".missing.jsonl")
+        todo = sorted(todo, key=lambda s: -len(prompts[key_of(s)]))
     visual_tokens: list[int] = []
-    bar = tqdm(total=len(todo), desc=answers_file.name, initial=0)
+    skipped: dict[tuple, dict] = {}
+    bar = tqdm(total=len(todo), desc=answers_file.name)
     with open(answers_file, "a", encoding="utf-8") as out:
         for start in range(0, len(todo), args.batch_size):
-            batch = todo[start:start + args.batch_size]
-            batch, images = _load_images(batch, args, missing_log, bar)
+            batch, media = _load_media(todo[start:start + args.batch_size], args.skip_missing_images, skipped, bar)
             if not batch:
                 continue
-            texts, counts = generate_batch(model, tokenizer, processor, [prompts[_key(s)] for s in batch], images, gen_kwargs)
+            if batch[0].seed is not None:
+                torch.manual_seed(batch[0].seed)
+            texts, counts = generate_batch(model, tokenizer, processor, [prompts[key_of(s)] for s in batch], media,
+                                           gen_kwargs)
             for sample, text, count in zip(batch, texts, counts):
-                line = {**sample.record, "text": text, "answer_id": shortuuid.uuid(), "model_id": model_name, "metadata": {}}
+                line = {**sample.record, answers.text_field: postprocess(text) if postprocess else text}
+                if answers.llava_ids:
+                    line.update(answer_id=shortuuid.uuid(), model_id=model_name)
+                line["metadata"] = {"manifest": manifest["fingerprint"]}
                 out.write(json.dumps(line, ensure_ascii=False) + "\n")
                 visual_tokens.append(count)
             out.flush()
@@ -219,43 +423,74 @@ def run(args, samples: Sequence[Sample], key_fields: Sequence[str] = ("question_
             bar.set_postfix(v_token_num=counts[-1])
     bar.close()
     if visual_tokens:
-        print(f"Average number of visual tokens: {sum(visual_tokens) / len(visual_tokens):.2f}")
-    _rewrite_in_question_order(answers_file, chunk, key_fields)
+        print(f"Average number of visual tokens: {sum(visual_tokens) / len(visual_tokens):.2f} "
+              f"(over the {len(visual_tokens)} answers of this run)")
+    _write_missing_log(missing_log, skipped, answers_file, chunk, answers.key_fields)
+    if skipped and not visual_tokens and not done:  # nothing readable at all: a wrong folder, not a few bad files
+        raise InputError(f"all {len(skipped)} images/videos to answer are missing or unreadable, e.g. "
+                         f"{next(iter(skipped.values()))['error']}; check the folder arguments")
+    _rewrite_in_question_order(answers_file, chunk, answers.key_fields)
 
 
-def _load_images(batch: list[Sample], args, missing_log: Path, bar) -> tuple[list[Sample], list[Image.Image | None]]:
-    kept, images = [], []
+def _load_media(batch: list[Sample], skip: bool, skipped: dict, bar) -> tuple[list[Sample], list]:
+    kept, media = [], []
     for s in batch:
         try:
-            images.append(s.image() if s.image is not None else None)
+            media.append(s.media() if s.media is not None else None)
             kept.append(s)
-        except (FileNotFoundError, ValueError) as e:
-            if not args.skip_missing_images:
-                raise InputError(f"{e} (question {s.key[0]}); pass --skip-missing-images to record it and go on") from None
-            with open(missing_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"key": list(s.key), "image": s.image_name, "error": str(e)}) + "\n")
+        except (OSError, ValueError) as e:  # missing, unreadable, oversized (each loader names the file)
+            if not skip:
+                raise InputError(f"{s.where}: question {s.key[0]!r}: {e}; pass --skip-missing-images "
+                                 "to record it and go on") from None
+            skipped[key_of(s)] = {"key": list(s.key), "media": s.media_name, "error": str(e)}
+            tqdm.write(f"skipped question {s.key[0]!r} ({s.where}): {e}", file=sys.stderr)
             bar.update(1)
-    return kept, images
+    return kept, media
+
+
+def _write_missing_log(path: Path, skipped: dict, answers_file: Path, chunk: Sequence[Sample],
+                       key_fields: Sequence[str]) -> None:
+    """``<answers>.missing.jsonl``: the chunk's questions still unanswered because their media could not be read."""
+    answered = {line_key(json.loads(l), key_fields) for l in answers_file.read_text(encoding="utf-8").splitlines()
+                if l.strip()}
+    previous = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                previous[tuple(json.dumps(k) for k in entry["key"])] = entry
+    entries = {k: v for k, v in {**previous, **skipped}.items() if k not in answered and k in {key_of(s) for s in chunk}}
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    from llava.eval.utils import write_jsonl
+
+    write_jsonl(path, entries.values())
+    print(f"WARNING: {len(entries)} question(s) of this chunk have no answer because their image/video could not be "
+          f"read; listed in {path}", file=sys.stderr)
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, processor, prompt_ids: list[list[int]], images: list[Image.Image | None],
-                   gen_kwargs: dict) -> tuple[list[str], list[int]]:
+def generate_batch(model, tokenizer, processor, prompt_ids: list[list[int]], media: list, gen_kwargs: dict
+                   ) -> tuple[list[str], list[int]]:
     """Greedy/sampled answers for one batch; returns texts and visual-token counts per sample.
 
+    ``media``: one PIL image (preprocessed here), preprocessed (3, T, H, W) video clip, or None per prompt.
     Batches of more than one question are left-padded, so every sequence ends at the last column
     and the kept visual tokens keep the same (contiguous) positions they have at batch size 1.
     """
     device = model.device
-    with_image = [img is not None for img in images]
-    if any(with_image) and not all(with_image):
+    present = [m is not None for m in media]
+    if any(present) and not all(present):
         raise InputError("a batch mixes questions with and without images; use --batch-size 1 for such files")
-    pixel_values = None
-    if all(with_image):
-        pixel_values = process_images(images, processor, model.config)
+    pixel_values, image_sizes = None, None
+    if all(present) and all(isinstance(m, torch.Tensor) for m in media):  # video clips, already preprocessed
+        pixel_values = [m.to(device=device, dtype=model.dtype) for m in media]
+    elif all(present):
+        pixel_values = process_images(media, processor, model.config)
         pixel_values = pixel_values.to(device=device, dtype=model.dtype) if torch.is_tensor(pixel_values) else \
             [p.to(device=device, dtype=model.dtype) for p in pixel_values]
-    image_sizes = [img.size for img in images] if all(with_image) else None
+        image_sizes = [m.size for m in media]
     if len(prompt_ids) == 1:
         input_ids = torch.tensor([prompt_ids[0]], device=device)
         kwargs = {}
@@ -277,11 +512,10 @@ def generate_batch(model, tokenizer, processor, prompt_ids: list[list[int]], ima
 
 
 def _rewrite_in_question_order(path: Path, chunk: Sequence[Sample], key_fields: Sequence[str]) -> None:
-    """Once a chunk is complete, order its lines as the questions are (batching answers them out of order)."""
-    order = {_key(s): i for i, s in enumerate(chunk)}
+    """Order the chunk's lines as the questions are (batching answers them out of order)."""
+    order = {key_of(s): i for i, s in enumerate(chunk)}
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keyed = [(order.get(tuple(json.dumps(json.loads(l).get(k)) for k in key_fields), len(order)), i, l)
-             for i, l in enumerate(lines)]
+    keyed = [(order.get(line_key(json.loads(l), key_fields), len(order)), i, l) for i, l in enumerate(lines)]
     if [k for k, _, _ in keyed] == sorted(k for k, _, _ in keyed):
         return
     tmp = path.with_name(path.name + ".tmp")

@@ -34,7 +34,7 @@ class ArgumentParser(argparse.ArgumentParser):
 def cli(main: Callable[[], Any]) -> None:
     """Run a CLI's ``main`` so that a user-caused failure prints one ``error:`` line and exits 2, not a traceback.
 
-    User-caused: :class:`InputError` and the ``ValueError``/``OSError``/``NotImplementedError`` that loaders raise
+    User-caused: :class:`InputError` and the ``ValueError``/``OSError``/``ImportError``/``NotImplementedError`` that loaders raise
     for a bad argument, file or checkpoint (their messages name it). ``--debug`` or ``FASTERVLM_DEBUG=1`` re-raises
     with the traceback. Ctrl-C exits 130; finished answers are on disk already (every writer appends or renames).
     """
@@ -46,7 +46,7 @@ def cli(main: Callable[[], Any]) -> None:
             raise
         print("interrupted; work finished so far is kept (rerun to resume)", file=sys.stderr)
         sys.exit(130)
-    except (InputError, ValueError, OSError, NotImplementedError) as e:
+    except (InputError, ValueError, OSError, ImportError, NotImplementedError) as e:
         if debug:
             raise
         kind = "" if isinstance(e, InputError) else f"{type(e).__name__}: "

@@ -7,43 +7,101 @@ import warnings
 from pathlib import Path
 
 import torch
-import transformers
-from packaging import version
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.eval.utils import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+<<<<<<< HEAD
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
+from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
+from llava.pruning import InLLMPruningMethod, get_method
+=======
+from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
 from llava.model.video_llava import is_video_llava, load_video_llava
 from llava.pruning import get_method
+>>>>>>> wt-video
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
-# transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
-_DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
+
+
+def read_model_config(model_path: str | os.PathLike) -> dict:
+    """A checkpoint's ``config.json`` as a dict; a missing, truncated or non-object file is an error naming it."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; --model-path must be a LLaVA checkpoint folder")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e}); the checkpoint's config is damaged or incomplete") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return cfg
 
 
 def read_llava_config(model_path: str | os.PathLike) -> dict:
     """The checkpoint's ``config.json`` as a dict; a missing or non-LLaVA config is a clear error."""
-    path = Path(model_path) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; --model-path must be a LLaVA checkpoint folder")
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    if not cfg.get("mm_vision_tower"):
-        raise ValueError(f"{path}: not a LLaVA checkpoint (no mm_vision_tower)")
+    cfg = read_model_config(model_path)
+    if not cfg.get("mm_vision_tower") and not cfg.get("mm_video_tower"):
+        raise InputError(f"{Path(model_path) / 'config.json'}: not a LLaVA checkpoint (no mm_vision_tower)")
     return cfg
 
 
 def num_patches(model_path: str | os.PathLike) -> int | None:
-    """Patches per image (per crop) of the checkpoint's vision tower, read from configs only; None if unknown."""
+    """Patches per image (per crop, per video frame) of the checkpoint's vision tower, from configs only; None if
+    unknown (a tower that is neither local nor cached)."""
     cfg = read_llava_config(model_path)
+    if is_video_llava(model_path):
+        return patches_per_frame(model_path)
     tower = resolve_tower_path(cfg["mm_vision_tower"], model_path)
     try:
         vision = CLIPVisionConfig.from_pretrained(tower, local_files_only=True)
     except OSError:
         return None
+    except ValueError as e:  # a damaged config.json
+        raise InputError(f"{tower}: cannot read the vision tower's config ({e})") from None
     return (vision.image_size // vision.patch_size) ** 2
+
+
+def check_weight_files(model_path: str | os.PathLike) -> None:
+    """Name a missing, truncated or damaged weight file before ``from_pretrained`` fails on it somewhere inside.
+
+    Checks what can be checked without reading the weights: every shard an ``*.index.json`` lists exists; a
+    safetensors file holds its whole header and the data that header declares; a ``.bin`` file is a readable zip
+    archive (torch's format) with its central directory present.
+    """
+    import struct
+    import zipfile
+
+    folder = Path(model_path)
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{index}: not a valid weight index ({e!r})") from None
+        for shard in sorted(shards):
+            if not (folder / shard).is_file():
+                raise InputError(f"{folder / shard}: weight shard listed in {index.name} is missing")
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            header = f.read(header_len) if 0 <= header_len <= size - 8 else b""
+        try:
+            tensors = json.loads(header)
+            end = max((t["data_offsets"][1] for k, t in tensors.items() if k != "__metadata__"), default=0)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+            raise InputError(f"{path}: not a complete safetensors file (damaged or truncated header)") from None
+        if size < 8 + header_len + end:
+            raise InputError(f"{path}: truncated: {size} bytes, its header declares {8 + header_len + end}")
+    for path in sorted(folder.glob("*.bin")):
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InputError(f"{path}: not a complete PyTorch weight file ({e})") from None
 
 
 def check_visual_token_num(model_path: str | os.PathLike, visual_token_num: int | None) -> None:
@@ -61,7 +119,8 @@ def resolve_anyres_protocol(cfg: dict, visual_token_num: int | None, anyres_prot
     """[FasterVLM] The anyres protocol to load an anyres (LLaVA-NeXT) checkpoint with; None for other checkpoints.
 
     Unset, it is ``paper`` when pruning (the protocol the paper's LLaVA-NeXT numbers come from) and
-    ``vanilla`` (LLaVA-NeXT as released) when not.
+    ``vanilla`` (LLaVA-NeXT as released) when not; ``released`` (the released FasterVLM code's grid choice)
+    only when asked for.
     """
     if anyres_protocol is not None and anyres_protocol not in ANYRES_PROTOCOLS:
         raise ValueError(f"unsupported anyres_protocol {anyres_protocol!r} (expected one of {ANYRES_PROTOCOLS})")
@@ -90,10 +149,30 @@ def make_sentencepiece_exact(tokenizer) -> None:
     backend.pre_tokenizer = None
 
 
+def check_sentencepiece_protobuf() -> None:
+    """Fail with the fix when sentencepiece's generated protobuf code cannot load under the installed protobuf.
+
+    transformers reads ``tokenizer.model`` through ``sentencepiece.sentencepiece_model_pb2``; sentencepiece 0.2.3's
+    copy needs protobuf >= 7.36.1. With an older protobuf (tools such as wandb pin protobuf < 7) transformers
+    falls back to a tiktoken reader and fails far from the cause.
+    """
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # noqa: F401
+    except Exception as e:  # protobuf raises its own VersionError subclasses here
+        import google.protobuf
+        import sentencepiece
+
+        raise ImportError(
+            f"sentencepiece {sentencepiece.__version__} cannot read tokenizer.model with protobuf "
+            f"{google.protobuf.__version__} ({e}); install a pair that fits: pip install -U 'protobuf>=7.36.1', "
+            "or, where protobuf must stay below 7, pip install 'sentencepiece<0.2.3'") from None
+
+
 def load_tokenizer(model_path: str | os.PathLike):
     """The checkpoint's LLaMA tokenizer with sentencepiece-exact encoding."""
     if not (Path(model_path) / "tokenizer.model").is_file():
         return AutoTokenizer.from_pretrained(model_path, use_fast=False)
+    check_sentencepiece_protobuf()
     # Name the class: AutoTokenizer would follow config.json's model_type ("llava") to a generic backend.
     tokenizer = LlamaTokenizer.from_pretrained(model_path)
     make_sentencepiece_exact(tokenizer)
@@ -109,7 +188,7 @@ def llm_load_kwargs(device, device_map, use_flash_attn: bool, kwargs: dict) -> t
     on_cuda = str(device).startswith("cuda")
     dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_cuda else torch.float32)
     attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
-    load_kwargs = {_DTYPE_KWARG: dtype, "attn_implementation": attn_implementation}
+    load_kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if on_cuda:
         load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
     return dtype, load_kwargs
@@ -117,6 +196,7 @@ def llm_load_kwargs(device, device_map, use_flash_attn: bool, kwargs: dict) -> t
 
 def load_llava_llama(model_path, cfg_dict: dict, load_kwargs: dict, **config_overrides):
     """Tokenizer and ``LlavaLlamaForCausalLM`` from a checkpoint folder; also the weight keys it lacked."""
+    check_weight_files(model_path)
     tokenizer = load_tokenizer(model_path)
     config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides)
     config._name_or_path = str(model_path)
@@ -132,7 +212,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     ``visual_token_num`` [FasterVLM]: visual tokens kept per image (per crop for LLaVA-NeXT); None keeps all.
     ``anyres_protocol`` [FasterVLM], LLaVA-NeXT only: ``"paper"`` (fixed 2×2 grid, ``spatial`` merge without
-    unpadding or newlines: 5 × ``visual_token_num`` tokens per image) or ``"vanilla"`` (LLaVA-NeXT's own
+    unpadding or newlines: 5 × ``visual_token_num`` tokens per image), ``"released"`` (the released FasterVLM
+    code: its fill-ratio grid choice, 3–5 crops, and the same ``spatial`` merge) or ``"vanilla"`` (LLaVA-NeXT's own
     grid choice and merge). Default: ``"paper"`` when ``visual_token_num`` is set, else ``"vanilla"``.
     Stored as ``model.config.anyres_protocol``, which ``process_images`` reads as well.
     ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
@@ -140,12 +221,18 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     ``mm_vision_tower`` (as upstream's ``device_map='auto'`` loads it) and the LLM's dtype when its
     weights live in the checkpoint.
     ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    ``cls_attn_arithmetic`` [FasterVLM]: ``"fp32"`` (default) or ``"upstream"`` (the released code's eager attention
+    arithmetic in the tower dtype; see ``clip_encoder``), stored as ``model.config.cls_attn_arithmetic``.
     ``pruning_method`` [FasterVLM]: how the ``visual_token_num`` tokens are chosen, a name from
     ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters.
     [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
     whose third value is a ``{"image", "video"}`` processor dict.
     """
     method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
+    if isinstance(method, InLLMPruningMethod):
+        from llava.pruning.llm import check_supported
+
+        check_supported()
     if is_video_llava(model_path):
         if method.name != "fastervlm":
             raise NotImplementedError(f"pruning method {method.name!r}: Video-LLaVA supports only fastervlm")
@@ -165,6 +252,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     vision_tower_dtype = kwargs.pop("vision_tower_dtype", None)
+    cls_attn_arithmetic = check_cls_attn_arithmetic(kwargs.pop("cls_attn_arithmetic", None))  # [FasterVLM]
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -176,6 +264,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     on_cuda = str(device).startswith("cuda")
     extra = {"anyres_protocol": anyres_protocol} if anyres_protocol is not None else {}
+    extra["cls_attn_arithmetic"] = cls_attn_arithmetic
     tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs, **extra)
     # LLaVA-NeXT's tower (unfreeze_mm_vision_tower) and image_newline live in the checkpoint: missing ones
     # would be silently random.

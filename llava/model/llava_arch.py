@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.mm_utils import (ANYRES_PROTOCOLS, anyres_grid_pinpoints, check_image_aspect_ratio,
-                            get_anyres_image_grid_shape, get_anyres_protocol)
+from llava.mm_utils import ANYRES_PROTOCOLS, anyres_resolution, check_image_aspect_ratio, get_anyres_protocol
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.languagebind import build_languagebind_towers
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -96,16 +95,21 @@ def unpadded_bounds(height: int, width: int, image_size: tuple[int, int]) -> tup
     """``(top, bottom, left, right)`` of the part of a ``height``×``width`` patch grid covered by the image.
 
     ``image_size`` is the original ``(width, height)``; anyres letterboxed it onto the grid's canvas, and
-    LLaVA-NeXT's ``unpad_image`` drops the padding rows or columns. The scaled side is rounded to 7
-    decimals before truncation, as transformers does: upstream's bare ``int()`` cuts one row or column
-    too many whenever the float product lands just below a whole number.
+    LLaVA-NeXT's ``unpad_image`` drops the padding rows or columns, truncating the scaled side with ``int()``.
+    That rule is kept, float error included: it is the one LLaVA-1.6 was trained and evaluated with
+    (haotian-liu/LLaVA's ``unpad_image``, as in LLaVA-VL/LLaVA-NeXT). transformers' LlavaNext rounds the
+    scaled side to 7 decimals first (added so that its processor's token count matches its model), which
+    keeps one more row or column on each side when the product lands just below a whole number. For widths
+    and heights 1..2000 on LLaVA-1.6's 5 grids that is 264 of 20 M (size, grid) pairs, 58 sizes on the grid
+    LLaVA-NeXT picks for them (e.g. 704×396 on 2×2: rows [11, 37) of 48, transformers [10, 38)); only
+    there do the unpruned vanilla logits differ from transformers'.
     """
     original_width, original_height = image_size
     if original_width / original_height > width / height:
-        new_height = int(round(original_height * (width / original_width), 7))
+        new_height = int(original_height * (width / original_width))
         pad = (height - new_height) // 2
         return pad, height - pad, 0, width
-    new_width = int(round(original_width * (height / original_height), 7))
+    new_width = int(original_width * (height / original_height))
     pad = (width - new_width) // 2
     return 0, height, pad, width - pad
 
@@ -172,7 +176,8 @@ class LlavaMetaForCausalLM(ABC):
         return self.visual_token_num
 
     def get_anyres_protocol(self) -> str:
-        """[FasterVLM] ``paper`` or ``vanilla``: how LLaVA-NeXT images are cut and merged (``mm_utils.ANYRES_PROTOCOLS``)."""
+        """[FasterVLM] ``paper``, ``vanilla`` or ``released``: how LLaVA-NeXT images are cut and merged
+        (``mm_utils.ANYRES_PROTOCOLS``)."""
         return get_anyres_protocol(self.config)
 
     def set_anyres_protocol(self, protocol: str) -> None:
@@ -253,13 +258,14 @@ class LlavaMetaForCausalLM(ABC):
         """LLaVA-NeXT: (B, n, 3, H, W) or a list of (n_i, 3, H, W) crops → one (L_i, D) tensor per image.
 
         ``image_sizes``: the original ``(width, height)`` of each image, as ``PIL.Image.size`` gives it;
-        the vanilla protocol needs it for the grid shape and the unpadding.
+        the vanilla and released protocols need it for the grid shape, vanilla also for the unpadding.
 
         [FasterVLM] All crops go through the tower in one batch and each gets its own top-k
         (``visual_token_num`` per 336-px crop, base crop included). The ``paper`` protocol then merges
         them as FasterVLM was evaluated: always ``spatial`` (base tokens, then the stitched grid raster),
-        whatever the config's ``mm_patch_merge_type``, on the fixed 2×2 grid. ``vanilla`` follows the
-        config's merge type and LLaVA-NeXT's grid choice, pruning inside it (see ``anyres_token_sources``).
+        whatever the config's ``mm_patch_merge_type``, on the fixed 2×2 grid. ``released`` merges the same
+        way on the grid of the released code's fill-ratio rule. ``vanilla`` follows the config's merge type
+        and LLaVA-NeXT's grid choice, pruning inside it (see ``anyres_token_sources``).
         """
         config = self.get_model().config
         images = [x.unsqueeze(0) if x.ndim == 3 else x for x in images]
@@ -267,12 +273,12 @@ class LlavaMetaForCausalLM(ABC):
         if config.mm_vision_select_feature != "patch" and max(crops_per_image) > 1:
             raise NotImplementedError("multi-crop (anyres) images need mm_vision_select_feature 'patch'")
         protocol = self.get_anyres_protocol()
-        # [FasterVLM] upstream hard-coded 'spatial' here; the paper protocol keeps that, vanilla honours the config.
-        merge_type = "spatial" if protocol == "paper" else get_mm_patch_merge_type(config)
+        # [FasterVLM] upstream hard-coded 'spatial' here; paper and released keep that, vanilla honours the config.
+        merge_type = get_mm_patch_merge_type(config) if protocol == "vanilla" else "spatial"
         if max(crops_per_image) > 1 and merge_type != "flat" and check_image_aspect_ratio(config) != "anyres":
             raise ValueError(f"multi-crop images need image_aspect_ratio 'anyres', "
                              f"not {getattr(config, 'image_aspect_ratio', None)!r}")
-        if protocol == "vanilla" and merge_type != "flat" and image_sizes is None:
+        if protocol != "paper" and merge_type != "flat" and image_sizes is None:
             raise ValueError("LLaVA-NeXT images need image_sizes (the original (width, height) of each image)")
 
         features, keep, scores = self.select_crop_tokens(torch.cat(images))  # (ΣN_i crops, N, C), (Σ, k), (Σ, N)
@@ -280,15 +286,14 @@ class LlavaMetaForCausalLM(ABC):
         crop_px, N = tower.config.image_size, features.shape[1]
         keep_mask = torch.zeros(features.shape[:2], dtype=torch.bool, device=features.device).scatter_(1, keep, True)
 
-        pinpoints = anyres_grid_pinpoints(config, crop_px)
         sources, start = [], 0
         for i, n in enumerate(crops_per_image):
             grid_shape = image_size = None
             if n > 1 and merge_type != "flat":
-                # The paper protocol has a single canvas, which any image size selects; only vanilla needs the size.
-                image_size = tuple(int(v) for v in image_sizes[i]) if image_sizes is not None else pinpoints[0]
-                cols, rows = get_anyres_image_grid_shape(image_size, pinpoints, crop_px)
-                grid_shape = (rows, cols)
+                # The paper protocol's single canvas needs no image size.
+                image_size = tuple(int(v) for v in image_sizes[i]) if image_sizes is not None else None
+                width, height = anyres_resolution(config, image_size, crop_px)
+                grid_shape = (height // crop_px, width // crop_px)
             sources.append(anyres_token_sources(keep_mask[start:start + n], merge_type, grid_shape, image_size))
             start += n
 

@@ -10,7 +10,6 @@ consecutive placeholders as it has frames, so the prompt holds eight ``<image>``
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -18,15 +17,16 @@ from pathlib import Path
 import torch
 
 from llava.model.llava_arch import PruningInfo
+from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic
 
 
 def read_video_llava_config(model_path: str | os.PathLike) -> dict | None:
     """The checkpoint's ``config.json`` if it is a Video-LLaVA one (names ``mm_video_tower``), else None."""
-    path = Path(model_path) / "config.json"
-    if not path.is_file():
+    from llava.model.builder import read_model_config  # a function-level import: builder imports this module
+
+    if not (Path(model_path) / "config.json").is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = read_model_config(model_path)
     return cfg if cfg.get("mm_video_tower") and not cfg.get("mm_vision_tower") else None
 
 
@@ -34,15 +34,20 @@ def is_video_llava(model_path: str | os.PathLike) -> bool:
     return read_video_llava_config(model_path) is not None
 
 
-def patches_per_frame(model_path: str | os.PathLike) -> int:
-    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
+def video_tower_config(model_path: str | os.PathLike):
+    """The checkpoint's video tower shape (a ``languagebind.TowerConfig``), from configs only."""
     from llava.model.multimodal_encoder.languagebind import TowerConfig, read_tower_config, tower_folder
 
     cfg = read_video_llava_config(model_path)
     if cfg is None:
         raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
     folder = tower_folder(cfg["mm_video_tower"], model_path)
-    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"]).num_patches
+    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"])
+
+
+def patches_per_frame(model_path: str | os.PathLike) -> int:
+    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
+    return video_tower_config(model_path).num_patches
 
 
 def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=False, device_map="auto", device="cuda",
@@ -54,7 +59,11 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     ``visual_token_num`` [FasterVLM]: patches kept per video frame, 0..256 (None keeps all 256).
     ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
     ``vision_tower_dtype``: both towers' dtype; by default the LLM's, as upstream casts both towers to fp16.
+    ``cls_attn_arithmetic`` [FasterVLM]: ``"fp32"`` (default) or ``"upstream"`` (upstream's eager fp16 attention
+    arithmetic in both towers; ``clip_encoder``'s docstring), stored as ``model.config.cls_attn_arithmetic``.
     ``attn_implementation``: the LLM's attention (``sdpa`` by default; ``use_flash_attn`` picks FlashAttention 2).
+    Tower weights: ``languagebind._LanguageBindTower.load_weights`` (the LanguageBind repositories, as upstream;
+    the checkpoint's embedded copy only as a fallback, with a warning); ``weights_source`` on each tower says which.
     """
     from llava.model.builder import llm_load_kwargs, load_llava_llama
     from llava.video_utils import VideoProcessor
@@ -76,23 +85,24 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     on_cuda = str(device).startswith("cuda")
     dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     tower_dtype = kwargs.pop("vision_tower_dtype", None) or dtype
+    arithmetic = check_cls_attn_arithmetic(kwargs.pop("cls_attn_arithmetic", None))
     if kwargs:
         warnings.warn(f"load_video_llava ignores unknown arguments: {sorted(kwargs)}")
 
-    tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs)
+    tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs, cls_attn_arithmetic=arithmetic)
     if any(k.startswith("model.mm_projector.") for k in missing):
         raise ValueError(f"{model_path}: the checkpoint lacks the mm_projector weights")
     inner = model.get_model()
-    for prefix, tower in (("model.image_tower.", inner.image_tower), ("model.video_tower.", inner.video_tower)):
-        if tower is not None:
-            tower.load_weights(embedded=not any(k.startswith(prefix) for k in missing))
+    towers = [tower for tower in (inner.image_tower, inner.video_tower) if tower is not None]
+    for tower in towers:
+        tower.load_weights(model_path)
     model.set_visual_token_num(visual_token_num)
 
     if not on_cuda:
         model.to(device)
-    for tower in (inner.image_tower, inner.video_tower):
-        if tower is not None:
-            tower.to(dtype=tower_dtype)
+    projector_device = next(inner.mm_projector.parameters()).device  # towers feed the projector
+    for tower in towers:
+        tower.to(device=projector_device, dtype=tower_dtype)
     model.eval()
 
     processor = {"image": inner.image_tower.image_processor if inner.image_tower is not None else None,

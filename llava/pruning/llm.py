@@ -15,7 +15,6 @@ against the cache of the layer group they serve.
 """
 from __future__ import annotations
 
-import inspect
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,21 +26,27 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
+from llava.compat import LAYER_CACHE_KWARG, OUTPUT_CACHE_FIELD, mask_cache_kwarg, require_transformers
 from llava.pruning.base import ImageTokens, InLLMPruningMethod, LLMPruningContext
 
-try:  # transformers >= 4.53
-    from transformers.masking_utils import create_causal_mask
-except ImportError:
-    create_causal_mask = None
+# create_causal_mask(layer_idx=...) sizes a mask against one layer's cache: layers ≥ K hold fewer tokens.
+IN_LLM_MIN_TRANSFORMERS = "5.14"
 
 
 def check_supported() -> None:
-    """In-LLM pruning sizes each layer group's mask against its own cache: ``create_causal_mask(layer_idx=...)``."""
-    if create_causal_mask is None or "layer_idx" not in inspect.signature(create_causal_mask).parameters:
-        import transformers
+    """In-LLM pruning needs ``create_causal_mask(layer_idx=...)``, which transformers has from 5.14 on."""
+    require_transformers(IN_LLM_MIN_TRANSFORMERS, "in-LLM pruning (fastv, cls-llm-layer2, adaptprune)")
 
-        raise NotImplementedError(f"in-LLM pruning methods need transformers 5 (create_causal_mask with layer_idx); "
-                                  f"this is transformers {transformers.__version__}")
+
+def _causal_mask(config, hidden: torch.Tensor, padding: torch.Tensor, cache, position_ids: torch.Tensor,
+                 layer_idx: int | None = None):
+    """transformers' mask for ``hidden`` (B, q, D) over ``padding`` (B, kv) real tokens, sized against the cache of
+    ``layer_idx`` (layer 0 when None)."""
+    from transformers.masking_utils import create_causal_mask
+
+    extra = {} if layer_idx is None else {"layer_idx": layer_idx}
+    return create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=padding, position_ids=position_ids,
+                              **{mask_cache_kwarg(): cache}, **extra)
 
 
 @dataclass
@@ -150,8 +155,8 @@ def _layers(model, start, stop, hidden, mask, position_embeddings, cache, use_ca
     # No position_ids: RoPE comes from position_embeddings, and in a layer call they would only feed
     # FlashAttention's packed-sequence detection, which takes FastV's gapped positions for several sequences.
     for layer in model.layers[start:stop]:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, past_key_values=cache,
-                       use_cache=use_cache, **kwargs)
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings, use_cache=use_cache,
+                       **{LAYER_CACHE_KWARG: cache}, **kwargs)
     return hidden
 
 
@@ -183,8 +188,7 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
     padding = _padding(attention_mask, B, L, device)
 
     hidden = inputs_embeds
-    mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=padding,
-                              past_key_values=past_key_values, position_ids=position_ids)
+    mask = _causal_mask(config, hidden, padding, past_key_values, position_ids)
     cos, sin = model.rotary_emb(hidden, position_ids)
     rows = method.attention_rows
     hidden = _layers(model, 0, K - 1 if rows else K, hidden, mask, (cos, sin), past_key_values, use_cache, kwargs)
@@ -210,12 +214,11 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
     hidden = hidden.gather(1, kept_positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, L', D)
     position_ids = position_ids.gather(1, kept_positions)  # original positions, with gaps
     padding = padding.gather(1, kept_positions)
-    mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=padding,
-                              past_key_values=past_key_values, position_ids=position_ids, layer_idx=K)
+    mask = _causal_mask(config, hidden, padding, past_key_values, position_ids, layer_idx=K)
     hidden = _layers(model, K, None, hidden, mask, model.rotary_emb(hidden, position_ids), past_key_values,
                      use_cache, kwargs)
     pruned = None if past_key_values is None else PrunedCache(weakref.ref(past_key_values), K, kept_positions, L)
-    return PrefillResult(BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), past_key_values=past_key_values),
+    return PrefillResult(BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), **{OUTPUT_CACHE_FIELD: past_key_values}),
                          keep, kept_positions, pruned)
 
 
@@ -233,11 +236,9 @@ def decode(model, pruned: PrunedCache, inputs_embeds: torch.Tensor, attention_ma
     # Layers ≥ K hold the kept prefill tokens, then every token decoded since.
     kept = torch.cat([padding.gather(1, pruned.kept_positions), padding[:, pruned.prefill_length:]], dim=1)
 
-    full_mask = create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=padding,
-                                   past_key_values=past_key_values, position_ids=position_ids)
-    kept_mask = create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=kept,
-                                   past_key_values=past_key_values, position_ids=position_ids, layer_idx=K)
+    full_mask = _causal_mask(config, inputs_embeds, padding, past_key_values, position_ids)
+    kept_mask = _causal_mask(config, inputs_embeds, kept, past_key_values, position_ids, layer_idx=K)
     position_embeddings = model.rotary_emb(inputs_embeds, position_ids)
     hidden = _layers(model, 0, K, inputs_embeds, full_mask, position_embeddings, past_key_values, use_cache, kwargs)
     hidden = _layers(model, K, None, hidden, kept_mask, position_embeddings, past_key_values, use_cache, kwargs)
-    return BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), past_key_values=past_key_values)
+    return BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), **{OUTPUT_CACHE_FIELD: past_key_values})

@@ -6,14 +6,17 @@ Layout written (Video-LLaVA-7B plus the two LanguageBind tower repositories it n
 
     OUT_DIR/config.json                   model_type "llava", mm_image_tower / mm_video_tower, no mm_vision_tower
     OUT_DIR/pytorch_model-0000{1,2}-of-00002.bin + pytorch_model.bin.index.json
-                                          LLM, mm_projector, and both towers embedded as
-                                          model.{image,video}_tower.{image,video}_tower.*
+                                          LLM and mm_projector (fp16), and both towers embedded as
+                                          model.{image,video}_tower.{image,video}_tower.* (bf16)
     OUT_DIR/tokenizer.model + tokenizer_config.json + special_tokens_map.json   (sentencepiece, trained here)
-    OUT_DIR/LanguageBind_Image/           LanguageBind config.json (vision_config) + pytorch_model.bin (vision_model.*)
+    OUT_DIR/LanguageBind_Image/           LanguageBind config.json (vision_config) + pytorch_model.bin (vision_model.*,
+                                          fp32)
     OUT_DIR/LanguageBind_Video_merge/     the same, with add_time_attn / num_frames 8 in vision_config
 
 The towers keep Video-LLaVA's geometry (224-px frames, 14-px patches: 256 patches per frame, so the
-paper's budgets L = 256/192/128/64/26/13 apply unchanged) at a tiny width and depth.
+paper's budgets L = 256/192/128/64/26/13 apply unchanged) at a tiny width and depth. As in the released
+files, the embedded copies are bf16 and the LanguageBind folders fp32; here both hold the same values
+(bf16-representable), so either copy gives the same tower.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from llava.model.multimodal_encoder.languagebind import LanguageBindVisionTransformer
 from llava.tools.make_tiny_checkpoint import LLM, _save_sharded, train_tokenizer
 
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=224,
@@ -67,24 +71,37 @@ def make_tiny_video_checkpoint(out_dir: str | Path, seed: int = 0, add_time_attn
     torch.manual_seed(seed)
     model_config = LlavaConfig(**{k: v for k, v in config.items() if k != "model_type"})
     model_config._name_or_path = str(out_dir)  # the towers read their configs from the folders above
-    model = LlavaLlamaForCausalLM(model_config)
+    model = LlavaLlamaForCausalLM(model_config)  # the towers' transformers exist only once weights are loaded
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "_tower." in name:
-                continue
             # A wider init than LLaMA's 0.02 gives peaked logits, so greedy decoding is far from ties.
             if p.ndim > 1:
                 p.normal_(0.0, 0.3 if "embed" in name or "lm_head" in name else 0.08)
     state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    _save_sharded(state, out_dir, "bin")
     inner = model.get_model()
-    for folder, tower in ((IMAGE_TOWER, inner.image_tower.image_tower), (VIDEO_TOWER, inner.video_tower.video_tower)):
+    for folder, tower in ((IMAGE_TOWER, inner.image_tower), (VIDEO_TOWER, inner.video_tower)):
+        tower_state = {k: v.to(torch.bfloat16) for k, v in _random_tower(tower.cfg).items()}
+        state.update({f"model.{tower.attr}.{tower.attr}.{k}": v for k, v in tower_state.items()})
         # The tower repositories hold the whole LanguageBind model; the text side is stood in for by one projection.
-        tower_state = {f"vision_model.{k}": v.to(torch.float16).contiguous() for k, v in tower.state_dict().items()}
-        tower_state["visual_projection.weight"] = torch.zeros(TOWER["hidden_size"], TOWER["hidden_size"])
-        torch.save(tower_state, out_dir / folder / "pytorch_model.bin")
+        folder_state = {f"vision_model.{k}": v.float() for k, v in tower_state.items()}
+        folder_state["visual_projection.weight"] = torch.zeros(TOWER["hidden_size"], TOWER["hidden_size"])
+        torch.save(folder_state, out_dir / folder / "pytorch_model.bin")
+    _save_sharded(state, out_dir, "bin")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def _random_tower(cfg) -> dict[str, torch.Tensor]:
+    """A random LanguageBind vision transformer's state: linear and embedding weights N(0, 0.02) with zero biases
+    (the init transformers gives them inside the LLaVA model), the class and temporal embeddings as constructed."""
+    tower = LanguageBindVisionTransformer(cfg)
+    with torch.no_grad():
+        for module in tower.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.weight.normal_(0.0, 0.02)
+            if isinstance(module, torch.nn.Linear):
+                module.bias.zero_()
+    return tower.state_dict()
 
 
 def main(argv: list[str] | None = None) -> None:

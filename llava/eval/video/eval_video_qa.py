@@ -4,22 +4,34 @@
         --output-json results.json --judge-model gpt-3.5-turbo-0125 \\
         --gt-file-answers test_a_1k.json --benchmark msvd --score-file n_2048.json
 
-Messages and aggregation are Video-LLaVA's (= Video-ChatGPT's), so numbers stay comparable.
-Unlike upstream, ground truth is joined by id (upstream pairs by position, which breaks for
-multi-GPU runs), retries are bounded, and only this prediction file's items are aggregated
-(upstream also counts stale files left in the output folder).
+Messages and aggregation formulas are Video-LLaVA's (= Video-ChatGPT's), so numbers stay comparable. Unlike
+upstream:
+
+- ground truth is joined by question id. Upstream pairs questions and answers by position, which is right
+  (on any number of GPUs: both lists are chunked alike) as long as the two files are position-aligned, as
+  the 1k files are; the join by id does not depend on that.
+- a reply is a verdict only if 'pred' is exactly yes or no and 'score' a number in 0..5; anything else is
+  re-asked, then the item fails. Upstream counts any 'pred' containing "yes" as a yes, else one containing
+  "no" as a no ("unknown" is a no), leaves other verdicts out of the accuracy, and averages whatever
+  ``int()`` makes of the score (1000 included).
+- retries are bounded, and an item that still fails is reported, not counted; without ``--allow-partial`` a
+  run with failed or unpredicted items writes no score file and exits 1.
+- only this prediction file's items are aggregated (upstream also counts stale files in the output folder),
+  and the per-item cache is keyed by judge model and prompt version as well as by the item.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
 import sys
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
-from llava.eval.judge import Judge, MalformedReply, add_judge_args, judge_from_args, judge_many, positive_int
-from llava.eval.utils import InputError, iter_jsonl, read_json, require_keys, write_json, write_score
+from llava.eval.judge import (FAILURES_FILE, Judge, MalformedReply, Tally, add_judge_args, judge_from_args,
+                              judge_many, positive_int, prompt_sha256)
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, iter_jsonl, read_json, require_keys,
+                              write_json, write_score)
 
 # Exact texts of Video-LLaVA videollava/eval/video/eval_video_qa.py (identical in Video-ChatGPT's
 # quantitative_evaluation/evaluate_activitynet_qa.py). Upstream concatenates literals without
@@ -46,6 +58,8 @@ USER_INSTRUCTION = (
 DATASETS = ("tgif", "msvd", "msrvtt", "anet")
 
 QA = dict  # {"q": question, "a": answer, "pred": prediction}, the upstream per-item record
+VERDICTS = {"yes": True, "no": False}
+MAX_SCORE = 5
 
 
 def build_messages(question: str, answer: str, pred: str) -> list[dict]:
@@ -56,59 +70,85 @@ def build_messages(question: str, answer: str, pred: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+def cache_context(judge_model: str) -> dict:
+    """What decides a verdict besides the item: the judge model and the exact prompt (a change to either misses
+    the cache)."""
+    return {"judge_model": judge_model,
+            "prompt_sha256": prompt_sha256(build_messages("{question}", "{answer}", "{pred}"))}
+
+
+def verdict(reply: Any) -> tuple[bool, int]:
+    """``(is_yes, score)`` of a reply dict; :class:`MalformedReply` unless it is a verdict.
+
+    'pred' must be "yes" or "no" (case and surrounding spaces aside), not merely contain one. 'score' is
+    read as upstream's ``int()`` reads it, a number (4.8 -> 4) or a string of an integer, and must lie in
+    0..5 before truncation; a bool, NaN, -50 or 1000 is no score.
+    """
+    if not isinstance(reply, dict):
+        raise MalformedReply(f"expected a dict, got {type(reply).__name__}")
+    pred, score = reply.get("pred"), reply.get("score")
+    if not isinstance(pred, str) or pred.strip().lower() not in VERDICTS:
+        raise MalformedReply(f"'pred' must be 'yes' or 'no', got {pred!r}")
+    number = score
+    if isinstance(score, str):
+        try:
+            number = int(score)
+        except ValueError:
+            number = None
+    # The range test is also false for NaN.
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= MAX_SCORE:
+        raise MalformedReply(f"'score' must be a number in 0-{MAX_SCORE}, got {score!r}")
+    return VERDICTS[pred.strip().lower()], int(number)
+
+
 def parse_reply(text: str) -> dict:
-    """Upstream's ``ast.literal_eval`` parse, additionally requiring ``{'pred': str, 'score': ...}``."""
+    """Upstream's ``ast.literal_eval`` parse, additionally requiring a :func:`verdict` and a JSON-able dict."""
     try:
         obj = ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise MalformedReply(f"not a Python literal: {text[:200]!r}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("pred"), str) or "score" not in obj:
-        raise MalformedReply(f"expected a dict with 'pred' (str) and 'score': {text[:200]!r}")
     try:
-        json.dumps(obj)  # it is cached as JSON; a set or bytes value could not be
+        verdict(obj)
+    except MalformedReply as e:
+        raise MalformedReply(f"{e}: {text[:200]!r}") from None
+    try:
+        json.dumps(obj)  # it is cached as JSON; a set or bytes value under another key could not be
     except (TypeError, ValueError):
         raise MalformedReply(f"reply is not JSON-serialisable: {text[:200]!r}") from None
     return obj
 
 
-def judge_item(judge: Judge, qa: QA) -> list:
-    """``[reply_dict, qa]``, the upstream per-item file. No temperature is sent, as upstream (API default)."""
-    reply, _ = judge.ask(build_messages(qa["q"], qa["a"], qa["pred"]), parse_reply)
-    return [reply, qa]
+def judge_item(judge: Judge, qa: QA) -> dict:
+    """``{"reply": reply_dict, "model": reported model}``. No temperature is sent, as upstream (API default)."""
+    parsed, reply = judge.ask(build_messages(qa["q"], qa["a"], qa["pred"]), parse_reply)
+    return {"reply": parsed, "model": reply.model}
 
 
-def is_fresh(qa: QA, cached: Any) -> bool:
-    """A cache file is reused only if it has the upstream shape and was made for this very item."""
-    return (isinstance(cached, list) and len(cached) == 2 and isinstance(cached[0], dict)
-            and cached[1] == qa)
+def is_valid_result(result: Any) -> bool:
+    """Whether a cached result is one :func:`judge_item` could have returned (an older or edited file may not be)."""
+    if not (isinstance(result, dict) and isinstance(result.get("model"), str)):
+        return False
+    try:
+        verdict(result.get("reply"))
+    except MalformedReply:
+        return False
+    return True
 
 
-def aggregate(items: Iterable[Sequence]) -> dict:
-    """Upstream's accuracy and average score over ``[reply_dict, qa]`` items.
+def aggregate(replies: Iterable[Any]) -> dict:
+    """Upstream's accuracy (yes / (yes + no), in %) and average integer score over reply dicts.
 
-    Each item counts; its score is ``int(score)`` (4.8 -> 4). A lower-cased 'pred' containing
-    "yes" is a yes, else one containing "no" is a no (so "I don't know" is a no). As in
-    Video-LLaVA, an item whose score cannot be read counts with score 0 and is left out of accuracy.
+    Every reply must be a :func:`verdict`, so every item counts in both.
     """
-    count = score_sum = yes = no = unscorable = 0
-    for reply, _qa in items:
+    count = score_sum = yes = 0
+    for reply in replies:
+        is_yes, score = verdict(reply)
         count += 1
-        try:
-            score_sum += int(reply["score"])
-            pred = reply["pred"].lower()
-        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-            unscorable += 1
-            continue
-        if "yes" in pred:
-            yes += 1
-        elif "no" in pred:
-            no += 1
+        yes += is_yes
+        score_sum += score
     if count == 0:
         raise ValueError("no judged items to aggregate")
-    if yes + no == 0:
-        raise ValueError("no judged item has a yes/no verdict; accuracy is undefined")
-    return {"accuracy": 100 * yes / (yes + no), "score": score_sum / count,
-            "count": count, "yes": yes, "no": no, "unscorable": unscorable}
+    return {"accuracy": 100 * yes / count, "score": score_sum / count, "count": count, "yes": yes, "no": count - yes}
 
 
 def average_pct(row: Mapping[str, float], baseline: Mapping[str, float]) -> float:
@@ -174,34 +214,35 @@ def load_predictions(path: str | os.PathLike, gt: Mapping[str, str] | None = Non
     if not preds:
         raise InputError(f"{path}: no predictions")
     if disagree:
-        # The symptom of upstream's multi-GPU chunking bug, which pairs answers by position.
+        # The lines were made from another answer file, or paired by position with one not aligned to it.
         print(f"note: {disagree} prediction line(s) carry an answer that differs from the ground truth; "
               "using the ground truth", file=sys.stderr)
-    if gt is not None and len(gt) > len(preds):
-        print(f"note: {len(gt) - len(preds)} ground-truth question(s) have no prediction", file=sys.stderr)
     return preds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Judge video QA predictions with a GPT model (Video-ChatGPT protocol).")
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Judge video QA predictions with a GPT model (Video-ChatGPT protocol).")
     parser.add_argument("--pred-path", required=True,
                         help='JSON-lines predictions: {"id", "question", "answer", "pred"} per line')
-    parser.add_argument("--output-dir", required=True, help="folder for the per-item judge files <id>.json (the cache)")
+    parser.add_argument("--output-dir", required=True,
+                        help="folder for the per-item cache files, keyed by id, judge model and prompt version")
     parser.add_argument("--output-json", required=True, help="combined {id: [reply, qa]} file to write")
     parser.add_argument("--gt-file-answers", default=None,
-                        help="test_a*.json ground truth, joined by question_id (overrides the lines' answers)")
+                        help="test_a*.json ground truth, joined by question_id (overrides the lines' answers); "
+                             "its questions without a prediction make the score partial")
     parser.add_argument("--max-parse-attempts", type=positive_int, default=3,
-                        help="attempts per item while the reply is not a valid dict (default 3)")
+                        help="attempts per item while the reply is not a valid verdict (default 3)")
     parser.add_argument("--benchmark", choices=DATASETS, default=None,
                         help="dataset key recorded in --score-file (required with it)")
     parser.add_argument("--score-file", default=None,
                         help="write accuracy (%%) and average score here for llava.eval.summarize")
+    add_allow_partial(parser)
     add_judge_args(parser, default_model="gpt-3.5-turbo")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Judge, cache, combine and aggregate; exits with status 1 if any item failed."""
+    """Judge, cache, combine and aggregate; exits with status 1 if the score would cover only part of the items."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.score_file and not args.benchmark:
@@ -210,25 +251,27 @@ def main(argv: list[str] | None = None) -> dict:
     preds = load_predictions(args.pred_path, gt)
     judge = judge_from_args(args, parse_attempts=args.max_parse_attempts)
     report = judge_many(preds, lambda qa: judge_item(judge, qa), args.output_dir,
-                        workers=args.workers, is_fresh=is_fresh, desc=f"judging ({args.judge_model})")
-    print(f"{len(preds)} items: {report.cached} cached, {report.judged} judged, {len(report.failures)} failed")
-    write_json(args.output_json, report.results)
-    summary = aggregate(report.results.values()) if report.results else {}
+                        context=cache_context(args.judge_model), is_valid=is_valid_result, workers=args.workers,
+                        desc=f"judging ({args.judge_model})")
+    tally = Tally(list(preds) if gt is None else list(gt), list(report.results), report.failures)
+    print(f"{len(preds)} predictions: {report.cached} verdict(s) from the cache, {report.judged} asked now, "
+          f"{len(report.failures)} failed")
+    write_json(args.output_json, {i: [r["reply"], preds[i]] for i, r in report.results.items()})
+    summary = aggregate(r["reply"] for r in report.results.values()) if report.results else None
     if summary:
-        label = " (PARTIAL: failed items excluded)" if report.failures else ""
+        label = "" if tally.complete else f" (PARTIAL: {len(tally.judged)} of {len(tally.expected)} items)"
         print(f"Yes count: {summary['yes']}\nNo count: {summary['no']}")
-        if summary["unscorable"]:
-            print(f"Unscorable (counted as score 0, not in accuracy): {summary['unscorable']}")
         print(f"Accuracy: {summary['accuracy']:.2f}{label}\nAverage score: {summary['score']:.2f}{label}")
-    print(f"Failures: {len(report.failures)}")
-    if report.failures:
-        # No score file: a partial number must not reach the summary table.
-        raise SystemExit(f"{len(report.failures)} item(s) failed; rerun the same command to judge only them")
+    if not tally.complete and not (args.allow_partial and summary):
+        tally.refuse([Path(args.output_dir) / FAILURES_FILE])
+    models = sorted({r["model"] for r in report.results.values()})
     write_score(args.score_file, args.benchmark, summary["accuracy"], "accuracy",
                 {"score": summary["score"], "count": summary["count"], "yes": summary["yes"], "no": summary["no"],
-                 "unscorable": summary["unscorable"], "judge_model": args.judge_model})
+                 "judge_model": args.judge_model, "judge_models_reported": models},
+                answers_file=args.pred_path, partial=tally.partial(f"the verdicts on {args.pred_path}"))
+    print(tally.line())
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

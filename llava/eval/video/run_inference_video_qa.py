@@ -12,11 +12,13 @@ As upstream (Video-LLaVA's ``run_inference_video_qa.py`` as FasterVLM ran it): t
 the new tokens up to ``</s>``. Each line of ``--answers-file`` is ``{"id", "question", "answer", "pred"}``,
 the input of ``llava.eval.video.eval_video_qa``.
 
-Unlike upstream, answers are joined to questions by ``question_id`` (upstream pairs them by position,
-which goes wrong for every chunk but the first); the file is appended to and questions already in it
-are skipped, so a killed run resumes; and a video that is missing or undecodable is not skipped
-silently: it is listed in ``<answers-file>.missing.jsonl`` and reported at the end (its question gets no
-line, so a rerun retries it).
+Answers are joined to questions by ``question_id``. Upstream pairs the two files by position, which is right
+on any number of GPUs (both lists are chunked alike) as long as the files are position-aligned, as the 1k files
+are; the join by id does not rely on that. The loop is the one every benchmark shares (``llava.eval.runner``):
+the file is appended to and questions already in it are skipped, so a killed run resumes, and a run manifest
+records how the answers were made (resuming under other settings is refused). A video that is missing or
+undecodable is not skipped silently: it is listed on the console and in ``<answers-file>.missing.jsonl`` (its
+question gets no line, so a rerun retries it); if no video at all can be read, the run stops.
 
 ``--protocol`` (default ``paper``):
 
@@ -29,27 +31,19 @@ line, so a rerun retries it).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import random
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.eval.runner import PRUNING_METHODS, get_chunk, read_done
-from llava.eval.utils import InputError, read_json, require_keys, write_jsonl
-from llava.mm_utils import tokenizer_image_token
-from llava.video_utils import BACKENDS, VideoDecodeError, find_video
+from llava.eval.runner import AnswerFormat, Sample, add_chunk_args, add_device_args, add_pruning_args, run
+from llava.eval.utils import ArgumentParser, InputError, cli, read_json, require_keys
+from llava.video_utils import BACKENDS, VideoProcessor, find_video
 
 PROTOCOLS = ("paper", "greedy")
 PAPER_TEMPERATURE = 0.1
+ANSWERS = AnswerFormat(("id",), text_field="pred", llava_ids=False)
 
 
 @dataclass(frozen=True)
@@ -65,14 +59,17 @@ def _read_records(path: str | os.PathLike, keys: tuple[str, ...]) -> list[dict]:
     records = read_json(path)
     if not isinstance(records, list):
         raise InputError(f"{path}: expected a JSON list of {{{', '.join(keys)}}}")
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise InputError(f"{path}[{i}]: expected an object")
         require_keys(record, keys, f"{path}[{i}]")
-        if str(record["question_id"]) in seen:
-            raise InputError(f"{path}[{i}]: duplicate question_id {record['question_id']!r}")
-        seen.add(str(record["question_id"]))
+        qid = record["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, (int, str)):
+            raise InputError(f"{path}[{i}]: question_id must be an integer or a string, got {qid!r}")
+        if str(qid) in seen:
+            raise InputError(f"{path}[{i}]: duplicate question_id {qid!r} (first at [{seen[str(qid)]}])")
+        seen[str(qid)] = i
     return records
 
 
@@ -96,16 +93,37 @@ def item_seed(seed: int, question_id: str | int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{question_id}".encode()).digest()[:8], "little")
 
 
-def build_prompt(question: str, num_frames: int, conv_mode: str) -> str:
-    """Upstream's layout: one ``<image>`` per frame, a newline, the question."""
-    conv = conv_templates[conv_mode].copy()
-    conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN * num_frames + "\n" + question)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+def _clip_loader(processor: VideoProcessor, video_dir: str, name: str, flip: bool):
+    def load():
+        path = find_video(video_dir, name)
+        if path is None:
+            raise FileNotFoundError(f"no {name}.{{mp4,avi,mov,mkv}} in {video_dir}")
+        return processor(path, flip=flip)  # (3, T, H, W)
+    return load
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def load_samples(args) -> list[Sample]:
+    """One :class:`Sample` per question: its clip is decoded when it is answered, flipped (paper protocol) by a
+    draw from the question's own seed."""
+    from llava.model.video_llava import video_tower_config
+
+    tower = video_tower_config(os.path.expanduser(args.model_path))
+    processor = VideoProcessor(size=tower.image_size, num_frames=tower.num_frames, backend=args.video_backend)
+    samples = []
+    for i, item in enumerate(load_items(args.gt_file_question, args.gt_file_answers)):
+        seed = item_seed(args.seed, item.question_id)
+        flip = args.protocol == "paper" and random.Random(seed).random() < 0.5
+        samples.append(Sample(
+            key=(item.question_id,), question=item.question, placeholders=tower.num_frames,
+            media=_clip_loader(processor, args.video_dir, args.video_prefix + item.video_name, flip),
+            media_name=args.video_prefix + item.video_name, where=f"{args.gt_file_question}[{i}]",
+            seed=seed if args.protocol == "paper" else None,
+            record={"id": item.question_id, "question": item.question, "answer": item.answer}))
+    return samples
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model-path", required=True, help="Video-LLaVA checkpoint folder (e.g. checkpoints/Video-LLaVA-7B)")
     parser.add_argument("--model-base", default=None, help="base model for LoRA checkpoints (not supported; merge first)")
     parser.add_argument("--video-dir", required=True, help="folder holding the videos")
@@ -117,109 +135,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt-file-answers", required=True,
                         help="answers: JSON list of {answer, type, question_id}, joined to the questions by question_id")
     parser.add_argument("--answers-file", required=True,
-                        help='JSON-lines output, one {"id", "question", "answer", "pred"} per question; appended to, '
-                             "skipping questions it already answers")
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many contiguous chunks")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which chunk (0-based) this process answers")
-    parser.add_argument("--visual-token-num", type=int, default=None,
-                        help="[FasterVLM] patches kept per frame, L in 0..256 (8·L visual tokens per video; "
-                             "256 or unset = no pruning)")
-    parser.add_argument("--pruning-method", choices=PRUNING_METHODS, default="fastervlm",
-                        help="how visual tokens are chosen (default fastervlm)")
+                        help='JSON-lines output, one {"id", "question", "answer", "pred", "metadata"} per question; '
+                             "appended to, skipping questions it already answers, under the same manifest")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard an existing answers file (and its manifest) and start afresh")
+    add_chunk_args(parser)
+    add_pruning_args(parser, methods=("fastervlm",))
     parser.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                         help=f"paper (default): sampling at temperature {PAPER_TEMPERATURE} and a random horizontal flip, "
                              "seeded per question, as FasterVLM ran it; greedy: greedy decoding, no flip")
     parser.add_argument("--seed", type=int, default=0, help="seed of the paper protocol's draws (default 0)")
     parser.add_argument("--conv-mode", default="llava_v1", help="prompt template (default llava_v1, as upstream)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit (default 1024, as upstream)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions of the chunk (quick runs)")
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=1024,
+                        help="generation limit (default 1024, as upstream)")
+    add_device_args(parser)
+    # Settings the shared loop reads that video QA fixes: one clip per forward, no beams, missing videos listed.
+    parser.set_defaults(top_p=None, num_beams=1, batch_size=1, anyres_protocol=None, skip_missing_images=True)
     return parser
 
 
-@torch.no_grad()
-def answer(model, tokenizer, input_ids: torch.Tensor, video: torch.Tensor, gen_kwargs: dict, stop_str: str) -> str:
-    """The decoded new tokens for one (3, T, H, W) clip, stripped of the stop string as upstream does."""
-    output_ids = model.generate(input_ids, images=[video], **gen_kwargs)
-    text = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
-    return text[:-len(stop_str)].strip() if text.endswith(stop_str) else text
+def strip_stop(conv_mode: str):
+    """Upstream cuts the conversation's stop string off the end of each answer."""
+    conv = conv_templates[conv_mode]
+    stop = conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
+
+    def strip(text: str) -> str:
+        return text[:-len(stop)].strip() if stop and text.endswith(stop) else text
+    return strip
 
 
 def main(argv: list[str] | None = None) -> None:
+    from llava.video_utils import decoder_info
+
     args = build_parser().parse_args(argv)
     if args.conv_mode not in conv_templates:
         raise InputError(f"--conv-mode {args.conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
-    chunk = get_chunk(load_items(args.gt_file_question, args.gt_file_answers), args.num_chunks, args.chunk_idx)
-    if args.limit is not None:
-        chunk = chunk[:args.limit]
-    answers_file = Path(os.path.expanduser(args.answers_file))
-    answers_file.parent.mkdir(parents=True, exist_ok=True)
-    missing_log = answers_file.with_name(answers_file.name + ".missing.jsonl")
-    done = read_done(answers_file, ("id",))
-    todo = [it for it in chunk if (json.dumps(it.question_id),) not in done]
-    if not todo:
-        print(f"{answers_file}: all {len(chunk)} questions of this chunk are answered")
-        missing_log.unlink(missing_ok=True)
-        return
-
-    from llava.model.builder import load_pretrained_model
-    from llava.model.video_llava import is_video_llava
-
-    model_path = os.path.expanduser(args.model_path)
-    if not is_video_llava(model_path):
-        raise InputError(f"{model_path}: not a Video-LLaVA checkpoint (its config.json names no mm_video_tower)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer, model, processor, _ = load_pretrained_model(model_path, args.model_base, device=device,
-                                                           visual_token_num=args.visual_token_num,
-                                                           pruning_method=args.pruning_method)
-    video_processor = processor["video"]
-    video_processor.backend = args.video_backend
-    conv = conv_templates[args.conv_mode]
-    stop_str = conv.sep2 if conv.sep_style == SeparatorStyle.TWO else conv.sep
-    gen_kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=1, use_cache=True,
-                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    if args.protocol == "paper":
-        gen_kwargs.update(do_sample=True, temperature=PAPER_TEMPERATURE)
-    else:
-        gen_kwargs.update(do_sample=False)
-
-    missing: list[dict] = []
-    visual_tokens: list[int] = []
-    bar = tqdm(todo, desc=answers_file.name)
-    with open(answers_file, "a", encoding="utf-8") as out:
-        for item in bar:
-            path = find_video(args.video_dir, args.video_prefix + item.video_name)
-            seed = item_seed(args.seed, item.question_id)
-            flip = args.protocol == "paper" and random.Random(seed).random() < 0.5
-            try:
-                if path is None:
-                    raise FileNotFoundError(f"no {args.video_prefix}{item.video_name}.{{mp4,avi,mov,mkv}} in {args.video_dir}")
-                video = video_processor(path, flip=flip).to(device=model.device, dtype=model.dtype)  # (3, T, H, W)
-            except (FileNotFoundError, VideoDecodeError) as e:
-                missing.append({"id": item.question_id, "video_name": item.video_name, "error": str(e)})
-                continue
-            prompt = build_prompt(item.question, video.shape[1], args.conv_mode)
-            input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
-            torch.manual_seed(seed)  # the sampling draws of the paper protocol (a no-op for greedy)
-            pred = answer(model, tokenizer, input_ids, video, gen_kwargs, stop_str)
-            out.write(json.dumps({"id": item.question_id, "question": item.question, "answer": item.answer,
-                                  "pred": pred}, ensure_ascii=False) + "\n")
-            out.flush()
-            visual_tokens.append(model.last_pruning.visual_tokens[0])
-            bar.set_postfix(v_token_num=visual_tokens[-1])
-    bar.close()
-    if visual_tokens:
-        print(f"Average number of visual tokens: {sum(visual_tokens) / len(visual_tokens):.2f}")
-    if not missing:
-        missing_log.unlink(missing_ok=True)
-        return
-    write_jsonl(missing_log, missing)
-    report = (f"{len(missing)} video(s) missing or unreadable, their questions left unanswered "
-              f"(listed in {missing_log}), e.g. {missing[0]['error']}")
-    if not visual_tokens and not done:  # no video found at all: a wrong --video-dir or --video-prefix
-        raise InputError(report)
-    print(f"WARNING: {report}", file=sys.stderr)
+    args.temperature = PAPER_TEMPERATURE if args.protocol == "paper" else 0.0
+    run(args, load_samples, ANSWERS, extra_settings={"video_decoder": decoder_info(args.video_backend)},
+        postprocess=strip_stop(args.conv_mode), processor_key="video")
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

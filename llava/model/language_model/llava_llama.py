@@ -7,6 +7,7 @@ from packaging import version
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llava.compat import MODEL_CACHE_KWARG, OUTPUT_CACHE_FIELD, output_cache, pop_cache
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
 
@@ -24,6 +25,9 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
 
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     config_class = LlavaConfig
+    # [FasterVLM] Video-LLaVA checkpoints embed both LanguageBind towers, which upstream never loads; the towers
+    # load their weights themselves (languagebind.py), so these keys are expected to go unused.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.(image|video)_tower\."]
     # [FasterVLM] In-LLM pruning: what the last pruned prefill left for the decode steps on its cache.
     _pruned_cache = None  # llava.pruning.llm.PrunedCache | None
 
@@ -41,14 +45,18 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return self.model
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-                labels=None, use_cache=None, images=None, image_sizes=None, **kwargs):
+                labels=None, use_cache=None, images=None, image_sizes=None, logits_to_keep=0, **kwargs):
         """LlamaForCausalLM's forward on spliced embeddings.
 
         [FasterVLM] Works for full forwards with images (log-likelihood, training), which upstream
         FasterVLM broke by changing the splice's return arity. Extra kwargs such as ``cache_position``
         (passed by newer ``generate``) go straight to the LLM. With an in-LLM pruning method (FastV, ...),
         the prefill after a splice and the decode steps on its cache run ``llava.pruning.llm``'s decoder loop.
+        The KV cache may come as ``past_key_values`` (LLaVA's name) or ``cache`` (transformers >= 5.24's).
+        ``logits_to_keep`` is named so that ``generate`` sees it and asks for the last position's logits only
+        (the LM head over a whole 600-token prompt would be wasted work).
         """
+        past_key_values = pop_cache(past_key_values, kwargs)
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds,
              labels) = self.prepare_inputs_labels_for_multimodal(input_ids, position_ids, attention_mask,
@@ -56,10 +64,10 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         step = self._llm_pruning_step(inputs_embeds, past_key_values)  # [FasterVLM] FastV and other in-LLM methods
         if step is not None:
             return self._forward_llm_pruning(step, input_ids, attention_mask, position_ids, past_key_values,
-                                             inputs_embeds, labels, use_cache, **kwargs)
+                                             inputs_embeds, labels, use_cache, logits_to_keep, **kwargs)
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                               use_cache=use_cache, **kwargs)
+                               inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                               logits_to_keep=logits_to_keep, **{MODEL_CACHE_KWARG: past_key_values}, **kwargs)
 
     def _llm_pruning_step(self, inputs_embeds, past_key_values) -> str | None:
         """[FasterVLM] How an in-LLM pruning method takes this call: ``"prefill"`` (the first forward after a splice
@@ -120,7 +128,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{OUTPUT_CACHE_FIELD: output_cache(outputs)})
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, image_sizes=None, **kwargs) -> torch.LongTensor:
@@ -146,9 +154,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         return super().generate(position_ids=position_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                                 **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, **kwargs):
         # Images were already spliced into inputs_embeds by ``generate``; decode steps must not re-encode them.
+        # The cache is passed through under whatever name this transformers release gives it.
         kwargs.pop("images", None)
         kwargs.pop("image_sizes", None)
-        return super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
-                                                     inputs_embeds=inputs_embeds, **kwargs)
+        return super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)

@@ -8,6 +8,12 @@ SDPA everywhere, one extra ``(1 × N)`` query row in the selected layer, and no 
 ``tests/test_clip_encoder.py`` proves this equal to ``CLIPVisionModel(output_attentions=True)``.
 Baseline pruning methods (``llava.pruning``) may instead request that layer's attention keys or its full
 patch → patch attention; the tower computes only what the request names.
+
+[FasterVLM] ``cls_attn_arithmetic`` (a config key, and the tower attribute) chooses the scores' arithmetic:
+``"fp32"`` (default): SDPA in every layer, the [CLS] row's logits and softmax in fp32. ``"upstream"``: what
+the released code ran, transformers 4.31/4.37's eager CLIP attention in every layer (query scaled first,
+logits and softmax in the tower dtype, the [CLS] row read off the full map). In an fp32 tower (LLaVA-1.5)
+the two differ only by rounding; in fp16 ones (LLaVA-1.6, Video-LLaVA) they can keep different patches.
 """
 from __future__ import annotations
 
@@ -36,16 +42,51 @@ def resolve_tower_path(name: str, base_dir: str | os.PathLike | None = None) -> 
     return name
 
 
-def _clip_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One CLIP encoder layer (pre-LN attention + MLP) with SDPA. ``x``: (B, 1+N, C)."""
-    attn = layer.self_attn
-    h = layer.layer_norm1(x)
-    B, T, C = h.shape
-    q, k, v = (proj(h).view(B, T, attn.num_heads, attn.head_dim).transpose(1, 2)
-               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, H, T, D) each
-    o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    x = x + attn.out_proj(o.transpose(1, 2).reshape(B, T, C))
-    return x + layer.mlp(layer.layer_norm2(x))
+CLS_ATTN_ARITHMETICS = ("fp32", "upstream")
+
+
+def check_cls_attn_arithmetic(arithmetic: str | None) -> str:
+    """[FasterVLM] A valid ``cls_attn_arithmetic``; None (unset in the config) means ``"fp32"``."""
+    arithmetic = arithmetic or "fp32"
+    if arithmetic not in CLS_ATTN_ARITHMETICS:
+        raise ValueError(f"unknown cls_attn_arithmetic {arithmetic!r} (expected one of {CLS_ATTN_ARITHMETICS})")
+    return arithmetic
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """[FasterVLM] Upstream's attention arithmetic: transformers 4.31/4.37's eager ``CLIPAttention``.
+
+    The query is scaled before the product, and logits and softmax stay in the input dtype (later
+    releases scale the logits and take the softmax in fp32). ``q``, ``k``, ``v``: (B, H, S, D) →
+    output (B, H, S, D) and post-softmax weights (B, H, S, S).
+    """
+    weights = ((q * scale) @ k.transpose(-1, -2)).softmax(dim=-1)
+    return weights @ v, weights
+
+
+def multi_head_attention(attn: nn.Module, h: torch.Tensor, arithmetic: str = "fp32"
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """CLIP self-attention of ``attn`` (``q/k/v/out_proj``, ``num_heads``, ``head_dim``, ``scale``) on ``h`` (B, S, C).
+
+    Returns the output (B, S, C) and, with ``upstream`` arithmetic, the weights (B, H, S, S); SDPA computes
+    no weights, so ``fp32`` returns None for them.
+    """
+    B, S, C = h.shape
+    q, k, v = (proj(h).view(B, S, attn.num_heads, attn.head_dim).transpose(1, 2)
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, H, S, D) each
+    if arithmetic == "upstream":
+        o, weights = eager_attention(q, k, v, attn.scale)
+    else:
+        o, weights = F.scaled_dot_product_attention(q, k, v, scale=attn.scale), None
+    return attn.out_proj(o.transpose(1, 2).reshape(B, S, C)), weights
+
+
+def _clip_layer(layer: nn.Module, x: torch.Tensor, arithmetic: str = "fp32") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One CLIP encoder layer (pre-LN attention + MLP). ``x``: (B, 1+N, C) → (B, 1+N, C), and the attention
+    weights (B, H, 1+N, 1+N) with ``upstream`` arithmetic (None with ``fp32``, whose SDPA computes none)."""
+    out, weights = multi_head_attention(layer.self_attn, layer.layer_norm1(x), arithmetic)
+    x = x + out
+    return x + layer.mlp(layer.layer_norm2(x)), weights
 
 
 def cls_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +138,8 @@ class CLIPVisionTower(nn.Module):
         super().__init__()
         self.is_loaded = False
         self.vision_tower_name = resolve_tower_path(vision_tower, base_dir)
+        # [FasterVLM] how the [CLS] scores are computed (module docstring); may be reassigned after loading
+        self.cls_attn_arithmetic = check_cls_attn_arithmetic(getattr(args, "cls_attn_arithmetic", None))
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if self.select_feature not in ("patch", "cls_patch"):
@@ -156,20 +199,23 @@ class CLIPVisionTower(nn.Module):
         """
         # transformers 5 flattened CLIPVisionModel; 4.x nests the same modules under .vision_model.
         vm = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        arithmetic = check_cls_attn_arithmetic(self.cls_attn_arithmetic)
         x = vm.pre_layrnorm(vm.embeddings(images.to(device=self.device, dtype=self.dtype)))  # (B, 1+N, C)
         index = self._layer_index
         for layer in vm.encoder.layers[:index]:
-            x = _clip_layer(layer, x)
+            x = _clip_layer(layer, x, arithmetic)[0]
         selected = vm.encoder.layers[index]
+        # Layers after the selected one never reach LLaVA, so they never run.
+        out, weights = _clip_layer(selected, x, arithmetic)
         maps = {}
         if request is None or request.cls_attn:
-            maps["cls_attn"] = cls_attention(selected, x)[:, :, 1:]  # [FasterVLM] (B, H, N): drop the CLS→CLS column
+            # [FasterVLM] (B, H, N): the [CLS] row, CLS→CLS column dropped; "upstream" reads it off the full map.
+            maps["cls_attn"] = (weights[:, :, 0] if weights is not None else cls_attention(selected, x))[:, :, 1:]
         if request is not None and request.keys:
             maps["keys"] = attention_keys(selected, x)[:, :, 1:]  # (B, H, N, D)
         if request is not None and request.patch_attn:
             maps["patch_attn"] = patch_attention(selected, x)  # (B, H, N, N)
-        x = _clip_layer(selected, x)  # layers after the selected one never reach LLaVA, so they never run
-        features = (x[:, 1:] if self.select_feature == "patch" else x).to(images.dtype)
+        features = (out[:, 1:] if self.select_feature == "patch" else out).to(images.dtype)
         maps = {name: value.to(images.dtype) for name, value in maps.items()}
         if request is None:
             return features, maps["cls_attn"]

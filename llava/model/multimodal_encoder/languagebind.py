@@ -8,27 +8,32 @@ CLIP block per frame. There is no temporal MLP.
 
 FasterVLM scores video patches with the **spatial** attention of the selected layer (upstream
 overwrites the temporal weights with the spatial ones): the [CLS] row of each frame over that frame's
-patches, on hidden states already mixed across frames. As in ``clip_encoder.py`` only that one query
-row is computed, everything else runs with SDPA, and layers after the selected one never run.
+patches, on hidden states already mixed across frames. As in ``clip_encoder.py``, by default only that
+one query row is computed, everything else runs with SDPA, and layers after the selected one never run;
+``cls_attn_arithmetic="upstream"`` runs upstream's eager fp16 arithmetic instead, temporal attention included.
 
-Weights: the ``vision_model.*`` keys of the tower folder named by ``mm_image_tower`` / ``mm_video_tower``
-(what upstream loads), else the copy Video-LLaVA-7B embeds as ``model.{image,video}_tower.{image,video}_tower.*``
-(see ``_LanguageBindTower.load_weights``). The tower folders' ``config.json`` (LanguageBind's format, with
-a ``vision_config``) is always needed for the architecture.
+Weights (``_LanguageBindTower.load_weights``), as upstream loads them: the ``vision_model.*`` tensors of the
+LanguageBind repositories named by ``mm_image_tower`` / ``mm_video_tower`` (fp32), found as a folder (that
+path, absolute or relative to the working directory, or relative to the checkpoint folder) or in the
+Hugging Face cache (downloaded if missing). Only when neither has them does the copy Video-LLaVA-7B embeds
+(``model.{image,video}_tower.{image,video}_tower.*``, bf16, never used upstream) stand in, with a warning.
+The towers are therefore built after the LLM's ``from_pretrained``, which skips the embedded keys. The tower
+folders' ``config.json`` (LanguageBind's format, with a ``vision_config``) is always needed for the architecture.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
-from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor, cls_attention, resolve_tower_path
+from llava.model.multimodal_encoder.clip_encoder import (CLIPImageProcessor, check_cls_attn_arithmetic, cls_attention,
+                                                         multi_head_attention, resolve_tower_path)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -67,7 +72,7 @@ def tower_folder(name: str, base_dir: str | os.PathLike | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        # Configs only: the weights may be embedded in the Video-LLaVA checkpoint (_LanguageBindTower.load_weights).
+        # Configs only: building the towers needs no weights (_LanguageBindTower.load_weights fetches them).
         return Path(snapshot_download(name, allow_patterns=["*.json"]))
     except Exception as e:  # offline, unknown repo, ...: say which tower and where it was looked for
         raise OSError(f"cannot find the LanguageBind tower {name!r}: no folder {name!r} or {Path(base_dir or '.') / name}, "
@@ -86,7 +91,8 @@ def read_tower_config(folder: Path) -> dict:
 
 
 class _Attention(nn.Module):
-    """CLIP multi-head attention parameters (``q_proj``/``k_proj``/``v_proj``/``out_proj``, as the checkpoints name them)."""
+    """CLIP multi-head attention parameters (``q_proj``/``k_proj``/``v_proj``/``out_proj``, as the checkpoints name
+    them); ``clip_encoder.multi_head_attention`` computes it."""
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()
@@ -95,14 +101,6 @@ class _Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(cfg.hidden_size, cfg.hidden_size)
                                                                 for _ in range(4))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Full (unmasked) self-attention with SDPA. ``h``: (B, S, C) → (B, S, C)."""
-        B, S, C = h.shape
-        q, k, v = (proj(h).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))  # (B, heads, S, D)
-        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.out_proj(o.transpose(1, 2).reshape(B, S, C))
 
 
 class _MLP(nn.Module):
@@ -131,7 +129,7 @@ class LanguageBindEncoderLayer(nn.Module):
             self.temporal_attn = _Attention(cfg)
             self.temporal_layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def temporal(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def temporal(self, x: torch.Tensor, frames: int, arithmetic: str = "fp32") -> torch.Tensor:
         """Temporal attention across ``frames``. ``x``: (B·T, 1+N, C), frames of a video consecutive."""
         if not self.add_time_attn:
             return x
@@ -140,16 +138,19 @@ class LanguageBindEncoderLayer(nn.Module):
         if frames != 1:
             x = x + self.temporal_embedding[:, :frames, None, :]
         h = self.temporal_layer_norm1(x).transpose(1, 2).reshape(-1, frames, c)  # (B·(1+N), T, C)
-        x = x + self.temporal_attn(h).view(bt // frames, n, frames, c).transpose(1, 2)
+        out = multi_head_attention(self.temporal_attn, h, arithmetic)[0]
+        x = x + out.view(bt // frames, n, frames, c).transpose(1, 2)
         return x.reshape(bt, n, c)
 
-    def spatial(self, x: torch.Tensor) -> torch.Tensor:
-        """CLIP's block within each frame. ``x``: (B·T, 1+N, C)."""
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+    def spatial(self, x: torch.Tensor, arithmetic: str = "fp32") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CLIP's block within each frame. ``x``: (B·T, 1+N, C) → (B·T, 1+N, C), and the spatial attention
+        weights (B·T, heads, 1+N, 1+N) with ``upstream`` arithmetic (None with ``fp32``)."""
+        out, weights = multi_head_attention(self.self_attn, self.layer_norm1(x), arithmetic)
+        x = x + out
+        return x + self.mlp(self.layer_norm2(x)), weights
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        return self.spatial(self.temporal(x, frames))
+    def forward(self, x: torch.Tensor, frames: int, arithmetic: str = "fp32") -> torch.Tensor:
+        return self.spatial(self.temporal(x, frames, arithmetic), arithmetic)[0]
 
 
 class _Embeddings(nn.Module):
@@ -202,29 +203,58 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
 
 
+def read_prefixed(files: list[Path], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix*`` in weight files (safetensors or PyTorch .bin), prefix stripped.
+
+    Only those tensors are read: safetensors by name, .bin files memory-mapped, so a 10 GB LLM shard is
+    never loaded whole.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as shard:
+                state.update({k[len(prefix):]: shard.get_tensor(k) for k in shard.keys() if k.startswith(prefix)})
+        else:
+            shard = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            state.update({k[len(prefix):]: v.clone() for k, v in shard.items() if k.startswith(prefix)})
+    # transformers 4.31 saved CLIP's position_ids buffer; it is arange(N+1), implicit here.
+    state.pop("embeddings.position_ids", None)
+    return state
+
+
 def load_tower_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The ``vision_model.*`` tensors of a LanguageBind folder, prefix stripped (text model and projections ignored)."""
     files = weight_files(folder)
     if not files:
         raise FileNotFoundError(f"{folder}: no tower weights (*.safetensors or *.bin)")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            shard = load_file(str(f))
-        else:
-            shard = torch.load(f, map_location="cpu", weights_only=True)
-        state.update({k[len("vision_model."):]: v for k, v in shard.items() if k.startswith("vision_model.")})
-    # transformers 4.31 saved CLIP's position_ids buffer; it is arange(N+1), implicit here.
-    state.pop("embeddings.position_ids", None)
+    state = read_prefixed(files, "vision_model.")
     if not state:
         raise ValueError(f"{folder}: no vision_model.* weights in {[f.name for f in files]}")
     return state
 
 
+def checkpoint_files(model_path: str | os.PathLike, prefix: str) -> list[Path]:
+    """The weight files of a checkpoint folder that its index says hold ``prefix*`` tensors (safetensors first,
+    as transformers prefers them); an unsharded checkpoint's single file. Empty when there are none."""
+    folder = Path(model_path)
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
+            return sorted({folder / name for key, name in weight_map.items() if key.startswith(prefix)})
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
+
+
 class _LanguageBindTower(nn.Module):
-    """Shared plumbing of the two towers; the transformer is registered under ``attr`` to match the checkpoint keys."""
+    """Shared plumbing of the two towers; the transformer is registered under ``attr`` to match the checkpoint keys.
+
+    As upstream's ``delay_load``, the transformer exists only once :meth:`load_weights` has run, so the
+    LLM's ``from_pretrained`` neither loads nor expects the checkpoint's embedded tower keys.
+    """
 
     attr: str
 
@@ -238,41 +268,75 @@ class _LanguageBindTower(nn.Module):
         select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if select_feature != "patch":  # Video-LLaVA-7B's value; FasterVLM scores patches only
             raise ValueError(f"LanguageBind towers support mm_vision_select_feature 'patch' only, got {select_feature!r}")
-        setattr(self, self.attr, LanguageBindVisionTransformer(self.cfg))
-        self.transformer.requires_grad_(False)
+        # [FasterVLM] how the [CLS] scores are computed (clip_encoder's docstring); may be reassigned after loading
+        self.cls_attn_arithmetic = check_cls_attn_arithmetic(getattr(args, "cls_attn_arithmetic", None))
+        self.weights_source: str | None = None  # set by load_weights: the folder read, or "checkpoint"
+
+    @property
+    def is_loaded(self) -> bool:
+        return hasattr(self, self.attr)  # registered by set_weights
 
     @property
     def transformer(self) -> LanguageBindVisionTransformer:
+        if not self.is_loaded:
+            raise RuntimeError(f"{self.tower_name}: the tower's weights are not loaded (call load_weights)")
         return getattr(self, self.attr)
 
-    def load_weights(self, embedded: bool) -> None:
-        """Settle where the tower's weights come from, recorded in ``weights_source``.
+    def set_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Build the transformer holding ``state`` (its ``vision_model`` tensors, in their stored dtype)."""
+        with torch.device("meta"):  # no random init: every tensor comes from ``state``
+            transformer = LanguageBindVisionTransformer(self.cfg)
+        transformer.load_state_dict(state, strict=True, assign=True)
+        transformer.requires_grad_(False)
+        setattr(self, self.attr, transformer)
+        self.weights_source = source
 
-        Its local folder first: that is what upstream loads (``LanguageBind/LanguageBind_*``), while the copy
-        Video-LLaVA-7B embeds is stored in the checkpoint's dtype (bfloat16 per its config; unverified).
-        Else the embedded copy (``embedded``: already loaded by ``from_pretrained``), else the hub's folder.
-        """
-        if not weight_files(self.folder) and embedded:
-            self.weights_source = "checkpoint"
-            return
-        if not weight_files(self.folder) and not self.folder_is_local:  # tower_folder fetched a hub tower's configs only
+    def _upstream_folder(self) -> tuple[Path | None, str]:
+        """The folder holding the LanguageBind weights upstream loads, or None and why there is none."""
+        if weight_files(self.folder):
+            return self.folder, ""
+        if self.folder_is_local:
+            return None, f"no *.safetensors or *.bin in {self.folder}"
+        try:  # tower_folder fetched a hub tower's configs only; upstream downloads the whole repository
             from huggingface_hub import snapshot_download
 
-            self.folder = Path(snapshot_download(self.tower_name, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-        self.transformer.load_state_dict(load_tower_weights(self.folder), strict=True)  # copies into dtype/device
-        self.weights_source = str(self.folder)
+            folder = Path(snapshot_download(self.tower_name, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        except Exception as e:  # offline, gated, ...: the embedded copy may still serve
+            return None, f"the hub download of {self.tower_name} failed ({e})"
+        return (folder, "") if weight_files(folder) else (None, f"no *.safetensors or *.bin in {folder}")
+
+    def load_weights(self, model_path: str | os.PathLike) -> None:
+        """Load the weights upstream uses (module docstring), else the copy embedded in the checkpoint at
+        ``model_path``, with a warning; record which in ``weights_source``."""
+        folder, missing = self._upstream_folder()
+        if folder is not None:
+            self.set_weights(load_tower_weights(folder), str(folder))
+            return
+        prefix = f"model.{self.attr}.{self.attr}."
+        embedded = read_prefixed(checkpoint_files(model_path, prefix), prefix)
+        if not embedded:
+            raise FileNotFoundError(f"{self.tower_name}: no tower weights: {missing}, and {model_path} embeds none "
+                                    f"({prefix}*); download the LanguageBind tower and point the checkpoint config at it")
+        dtype = next(iter(embedded.values())).dtype
+        warnings.warn(f"{self.tower_name}: {missing}; using the copy embedded in {model_path} ({prefix}*, stored in "
+                      f"{dtype}), which upstream never loads (it runs the fp32 LanguageBind weights): scores and "
+                      "answers may differ slightly from upstream's", stacklevel=2)
+        self.set_weights(embedded, "checkpoint")
 
     def _run(self, pixels: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layers up to the selected one. Returns its output (B·T, 1+N, C) and its spatial [CLS] row (B·T, heads, N)."""
         vt = self.transformer
+        arithmetic = check_cls_attn_arithmetic(self.cls_attn_arithmetic)
         x = vt.pre_layrnorm(vt.embeddings(pixels.to(device=self.device, dtype=self.dtype)))  # (B·T, 1+N, C)
         index = vt.layer_index(self.select_layer)
         for layer in vt.encoder.layers[:index]:
-            x = layer(x, frames)
+            x = layer(x, frames, arithmetic)
         selected = vt.encoder.layers[index]
-        x = selected.temporal(x, frames)
-        attn = cls_attention(selected, x)[:, :, 1:]  # [FasterVLM] spatial [CLS]→patch row, CLS→CLS column dropped
-        return selected.spatial(x), attn
+        x = selected.temporal(x, frames, arithmetic)
+        out, weights = selected.spatial(x, arithmetic)
+        # [FasterVLM] spatial [CLS]→patch row, CLS→CLS column dropped; "upstream" reads it off the full map.
+        attn = (weights[:, :, 0] if weights is not None else cls_attention(selected, x))[:, :, 1:]
+        return out, attn
 
     @property
     def dtype(self) -> torch.dtype:
@@ -341,7 +405,8 @@ class LanguageBindVideoTower(_LanguageBindTower):
 
 def build_languagebind_towers(config, base_dir: str | os.PathLike | None = None
                               ) -> tuple[LanguageBindImageTower | None, LanguageBindVideoTower | None]:
-    """The towers named by ``mm_image_tower`` / ``mm_video_tower`` (either may be absent), weights not loaded."""
+    """The towers named by ``mm_image_tower`` / ``mm_video_tower`` (either may be absent), weights not loaded
+    (``load_weights``)."""
     image = getattr(config, "mm_image_tower", None)
     video = getattr(config, "mm_video_tower", None)
     return (LanguageBindImageTower(image, config, base_dir) if image else None,

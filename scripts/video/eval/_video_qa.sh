@@ -40,7 +40,7 @@ eval_video_qa() {
     fastervlm_init "$@"
     _video_qa_dataset "$dataset"
     local judge=${JUDGE_MODEL:-gpt-3.5-turbo-0125}
-    "$PYTHON" -m llava.eval.video.eval_video_qa --pred-path "$OUT_DIR/merge.jsonl" \
+    score llava.eval.video.eval_video_qa --pred-path "$OUT_DIR/merge.jsonl" \
         --output-dir "$OUT_DIR/$judge" --output-json "$OUT_DIR/results.json" --judge-model "$judge" \
         --gt-file-answers "$QA_DIR/test_a_1k.json" --benchmark "$KEY" \
         --score-file "$(score_file "GPT_Zero_Shot_QA/$DS")"
