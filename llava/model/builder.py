@@ -13,15 +13,9 @@ from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAUL
 from llava.eval.utils import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-<<<<<<< HEAD
-from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
+from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
 from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
 from llava.pruning import InLLMPruningMethod, get_method
-=======
-from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
-from llava.model.video_llava import is_video_llava, load_video_llava
-from llava.pruning import get_method
->>>>>>> wt-video
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 

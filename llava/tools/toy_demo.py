@@ -28,15 +28,16 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from types import ModuleType
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from llava.eval import eval_pope, eval_science_qa, eval_textvqa
-from llava.eval.model_vqa_loader import VQA_KEY, vqa_samples
-from llava.eval.model_vqa_science import science_samples
-from llava.eval.runner import Sample, add_common_args, build_prompt, run
+from llava.eval import model_vqa_loader, model_vqa_science
+from llava.eval.model_vqa_loader import build_parser, vqa_samples
+from llava.eval.runner import Sample, build_prompt, run
 from llava.eval.utils import ArgumentParser, cli, write_json
 from llava.pruning import available_methods
 from llava.tools import toy_world
@@ -62,22 +63,39 @@ def toy_checkpoint(cache: Path = Path("checkpoints") / CKPT_NAME) -> Path:
     return cache
 
 
-@dataclass
+@dataclass(frozen=True)
 class Family:
-    """One toy benchmark: its samples as its CLI builds them, the runner's answer key, and its scorer."""
+    """One toy benchmark: where its files are, which CLI module answers it, and its scorer."""
 
     name: str
-    samples: list[Sample]
-    key_fields: tuple[str, ...]
+    question_file: str  # relative to the data root
+    image_folder: str
+    module: ModuleType  # the benchmark's inference CLI (its load_samples and ANSWERS)
+
+    def args(self, data: Path, model_path: Path, answers: Path, method: str, tokens: int, batch_size: int,
+             device: str) -> argparse.Namespace:
+        """The CLI's arguments for one run, as ``scripts/_benchmarks.sh`` passes them, with 3 new tokens.
+
+        The method is set after parsing: the CLI's choices are the methods registered when the runner was
+        imported, and a method registered later (``--import``, a notebook, a test) must run too.
+        """
+        args = build_parser(__doc__, max_new_tokens=3).parse_args([
+            "--question-file", str(data / self.question_file), "--image-folder", str(data / self.image_folder),
+            "--model-path", str(model_path), "--answers-file", str(answers), "--overwrite", "--temperature", "0",
+            "--conv-mode", CONV_MODE, "--visual-token-num", str(tokens), "--batch-size", str(batch_size),
+            "--device", device])
+        args.pruning_method = method
+        args.single_pred_prompt = True  # read by ScienceQA's loader only: its letter instruction, as bench_sqa
+        return args
 
     def score(self, data: Path, answers: Path) -> tuple[float, int]:
         """(points, questions) of an answers file, by the benchmark's own scorer."""
         if self.name == "textvqa":
-            n, acc = eval_textvqa.evaluate(str(data / "textvqa" / "TextVQA_0.5.1_val.json"), str(answers))
+            n, acc, _ = eval_textvqa.evaluate(str(data / "textvqa" / "TextVQA_0.5.1_val.json"), str(answers),
+                                              str(data / self.question_file))
             return acc * n / 100, n
         if self.name == "pope":
-            splits = eval_pope.evaluate(str(data / "pope" / "coco"), str(data / "pope" / "llava_pope_test.jsonl"),
-                                        str(answers))
+            splits, _ = eval_pope.evaluate(str(data / "pope" / "coco"), str(data / self.question_file), str(answers))
             return sum(s.tp + s.tn for s in splits.values()), sum(s.total for s in splits.values())
         options = list(toy_world.LETTERS)
         problems = eval_science_qa.load_problems(str(data / "sqa"), None, "test", options)
@@ -85,40 +103,19 @@ class Family:
         return result["correct"], result["count"]
 
 
-def families(data: Path) -> list[Family]:
-    """The three toy benchmarks, read by the CLIs' own sample builders (ScienceQA with its letter instruction)."""
-    return [
-        Family("textvqa", vqa_samples(str(data / "textvqa" / "llava_textvqa_val_v051_ocr.jsonl"),
-                                      str(data / "textvqa" / "train_images")), VQA_KEY),
-        Family("pope", vqa_samples(str(data / "pope" / "llava_pope_test.jsonl"), str(data / "pope" / "val2014")),
-               VQA_KEY),
-        Family("sqa", science_samples(str(data / "sqa" / "llava_test_CQM-A.json"), str(data / "sqa" / "images" / "test"),
-                                      single_pred_prompt=True), ("question_id",)),
-    ]
-
-
-def inference_args(model_path: Path, answers: Path, method: str, tokens: int, batch_size: int,
-                   device: str) -> argparse.Namespace:
-    """The benchmark CLIs' arguments for one run, as ``scripts/_benchmarks.sh`` passes them (3 new tokens).
-
-    The method is set after parsing: the CLI's choices are the methods registered when the runner was imported,
-    and a method registered later (``--import``, a notebook, a test) must run too.
-    """
-    parser = argparse.ArgumentParser()
-    add_common_args(parser, max_new_tokens=3)
-    args = parser.parse_args(["--model-path", str(model_path), "--answers-file", str(answers), "--temperature", "0",
-                              "--conv-mode", CONV_MODE, "--visual-token-num", str(tokens), "--batch-size",
-                              str(batch_size), "--device", device])
-    args.pruning_method = method
-    return args
+FAMILIES = (
+    Family("textvqa", "textvqa/llava_textvqa_val_v051_ocr.jsonl", "textvqa/train_images", model_vqa_loader),
+    Family("pope", "pope/llava_pope_test.jsonl", "pope/val2014", model_vqa_loader),
+    Family("sqa", "sqa/llava_test_CQM-A.json", "sqa/images/test", model_vqa_science),
+)
 
 
 def answer(args: argparse.Namespace, family: Family) -> float:
-    """Run the inference loop quietly (its own bars and log go to a buffer); the average visual tokens it reports."""
+    """Run the CLI's inference loop quietly (its bars and log go to a buffer); the average visual tokens it reports."""
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            run(args, family.samples, key_fields=family.key_fields)
+            run(args, family.module.load_samples, family.module.ANSWERS)
     except Exception:
         sys.stderr.write(err.getvalue()[-3000:])
         raise
@@ -140,8 +137,8 @@ def prefill_ms(model_path: Path, sample: Sample, cells: list[tuple[str, int]], d
     from llava.model.builder import load_pretrained_model
 
     tokenizer, model, processor, _ = load_pretrained_model(str(model_path), None, CKPT_NAME, device=device)
-    image = sample.image()
-    ids = tokenizer_image_token(build_prompt(sample.question, True, CONV_MODE, False), tokenizer, return_tensors="pt")
+    image = sample.media()
+    ids = tokenizer_image_token(build_prompt(sample.question, 1, CONV_MODE, False), tokenizer, return_tensors="pt")
     ids = ids[None].to(model.device)
     pixels = process_images([image], processor, model.config).to(model.device, model.dtype)
 
@@ -202,43 +199,53 @@ def check_targets(results: dict) -> list[dict]:
     return checks
 
 
+def evaluate_cell(data: Path, model_path: Path, method: str, tokens: int, batch_size: int = 32,
+                  device: str = "cpu") -> dict:
+    """Answer and score every toy benchmark under ``data`` with one method and budget.
+
+    Returns ``accuracy`` (% over all questions), ``per_family`` (%), ``questions`` and ``avg_visual_tokens`` (what
+    the inference loop reports: for an in-LLM method, what enters the LLM). The answers go where the scripts put
+    them: ``<bench>/answers/<ckpt>/<method>/n_<tokens>/merge.jsonl``, overwritten.
+    """
+    points = total = visual = 0.0
+    per_family = {}
+    for fam in FAMILIES:
+        answers = data / fam.name / "answers" / model_path.name / method / f"n_{tokens}" / "merge.jsonl"
+        count = answer(fam.args(data, model_path, answers, method, tokens, batch_size, device), fam)
+        p, n = fam.score(data, answers)
+        per_family[fam.name] = 100 * p / n
+        points, total, visual = points + p, total + n, visual + count * n
+    return {"accuracy": 100 * points / total, "per_family": per_family, "questions": int(total),
+            "avg_visual_tokens": visual / total}
+
+
 def run_demo(out: Path, data: Path, model_path: Path | None = None, methods=METHODS, tokens=TOKENS, seed: int = 1,
-             questions: int = 510, batch_size: int = 32, device: str = "cpu") -> dict:
+             questions: int = 510, batch_size: int = 32, device: str = "cpu", threads: int | None = None) -> dict:
     """Evaluate every (method, tokens) cell with the benchmarks under ``data``; returns what ``details.json`` holds."""
     start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
     model_path = model_path or toy_checkpoint()
     stamp = {"seed": seed, "questions_per_family": -(-questions // len(toy_world.FAMILIES))}
     if not (data / "toy_world.json").is_file() or json.loads((data / "toy_world.json").read_text()) != stamp:
         shutil.rmtree(data, ignore_errors=True)
         toy_world.make_toy_benchmarks(data, seed, questions)
-    fams = families(data)
-    for fam in fams:  # a run measures: answers of an earlier run (maybe of another model) must not be resumed
-        shutil.rmtree(data / fam.name / "answers" / model_path.name, ignore_errors=True)
 
     cells = [(m, t) for m in methods for t in tokens]
     results: dict = {m: {} for m in methods}
-    details: dict = {"model_path": str(model_path), "questions": sum(len(f.samples) for f in fams), "cells": {}}
-    bar = tqdm(total=len(cells) * len(fams), desc="toy world: methods x budgets x benchmarks", unit="run")
-    for method, budget in cells:
-        points = total = 0.0
-        per_family, visual = {}, {}
-        for fam in fams:
-            # The scripts' layout: <bench>/answers/<ckpt>/<method>/n_<tokens>/merge.jsonl
-            answers = data / fam.name / "answers" / model_path.name / method / f"n_{budget}" / "merge.jsonl"
-            visual[fam.name] = answer(inference_args(model_path, answers, method, budget, batch_size, device), fam)
-            p, n = fam.score(data, answers)
-            per_family[fam.name] = 100 * p / n
-            points, total = points + p, total + n
-            bar.update(1)
-        results[method][str(budget)] = round(100 * points / total, 2)
-        details["cells"][f"{method}/{budget}"] = {
-            "accuracy": 100 * points / total, "per_family": per_family,
-            "avg_visual_tokens": sum(visual[f.name] * len(f.samples) for f in fams) / total}
-        bar.set_postfix(last=f"{method}@{budget}={results[method][str(budget)]:.1f}%")
-    bar.close()
+    details: dict = {"model_path": str(model_path), "cells": {}}
+    bar = tqdm(cells, desc="toy world: methods x budgets", unit="cell")
+    for method, budget in bar:
+        cell = evaluate_cell(data, model_path, method, budget, batch_size, device)
+        results[method][str(budget)] = round(cell["accuracy"], 2)
+        details["cells"][f"{method}/{budget}"] = cell
+        details["questions"] = cell["questions"]
+        bar.set_postfix(last=f"{method}@{budget}={cell['accuracy']:.1f}%")
     eval_s = time.perf_counter() - start
 
-    base_ms, cell_ms = prefill_ms(model_path, fams[0].samples[0], cells, device)
+    first = FAMILIES[0]
+    sample = vqa_samples(str(data / first.question_file), str(data / first.image_folder))[0]
+    base_ms, cell_ms = prefill_ms(model_path, sample, cells, device)
     speedups = {m: {str(t): base_ms / cell_ms[m, t] for t in tokens} for m in methods}
     for (m, t), ms in cell_ms.items():
         details["cells"][f"{m}/{t}"].update(prefill_ms=ms, prefill_speedup=base_ms / ms)
@@ -303,6 +310,8 @@ def main() -> None:
                         help="questions per forward (default 32; within a toy benchmark every prompt has the same "
                              "length, so the answers equal batch 1's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 gives steadier timings on a busy machine")
     args = parser.parse_args()
     for module in args.imports:
         importlib.import_module(module)
@@ -310,7 +319,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown pruning method(s) {', '.join(unknown)} (registered: {', '.join(available_methods())})")
     run_demo(args.out, args.data, args.model_path, tuple(args.methods), tuple(args.tokens), args.seed, args.questions,
-             args.batch_size, args.device)
+             args.batch_size, args.device, args.threads)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ A tiny tower trained for minutes reads colour from [CLS] reliably, shape not. Th
 
 * ``textvqa/``: short answers ("What color is the shape?" → ``red``), LLaVA's ``llava_textvqa_val_v051_ocr.jsonl``
   + ``TextVQA_0.5.1_val.json`` (10 answers each), scored with the TextVQA/VQAv2 normalisation and soft accuracy;
-* ``pope/``: yes/no ("Is there a red shape in the image?"), ``llava_pope_test.jsonl`` +
+* ``pope/``: yes/no ("Is there a red shape in the image?"), half of them about a picture without the coloured
+  shape (POPE's negatives: the object asked about is absent), ``llava_pope_test.jsonl`` +
   ``coco/coco_pope_random.json``, scored with POPE's rule;
-* ``sqa/``: lettered choices of the target's colour, ``llava_test_CQM-A.json`` + ``problems.json`` +
+* ``sqa/``: lettered choices of the target's colour (the four colours of its half of the palette),
+  ``llava_test_CQM-A.json`` + ``problems.json`` +
   ``pid_splits.json``, scored with ScienceQA's rule.
 
 Everything is a function of ``--seed`` (Python's ``random`` and NumPy's legacy ``RandomState``, both stable across
@@ -48,7 +50,7 @@ FAMILIES = ("textvqa", "pope", "sqa")
 
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 COLOR_QUESTION = "What color is the shape?"
-YESNO_QUESTION = "Is there a {color} shape in the image?"
+YESNO_QUESTION = "Is there {article} {color} shape in the image?"
 CHOICE_QUESTION = "What color is the colored shape?"
 CHOICE_CONTEXT = "Context: A picture of shapes."
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -57,16 +59,22 @@ LETTERS = "ABCD"
 
 @dataclass(frozen=True)
 class Scene:
-    """One picture: the target's colour, shape and box (x0, y0, x1, y1 in px, exclusive), plus the pixel seed."""
+    """One picture: the target's colour, shape and box (x0, y0, x1, y1 in px, exclusive), plus the pixel seed.
+
+    ``present`` False: the target is not drawn (POPE's negatives: the object asked about is absent).
+    """
 
     color: str
     shape: str
     box: tuple[int, int, int, int]
     distractors: tuple[tuple[str, tuple[int, int, int, int], int], ...]  # (shape, box, grey level)
     noise_seed: int
+    present: bool = True
 
     def target_patches(self) -> list[int]:
         """Raster indices of the patches the target's box touches (what a pruning method has to keep)."""
+        if not self.present:
+            return []
         x0, y0, x1, y1 = self.box
         cols = range(x0 // PATCH, (x1 - 1) // PATCH + 1)
         return [r * GRID + c for r in range(y0 // PATCH, (y1 - 1) // PATCH + 1) for c in cols]
@@ -78,8 +86,11 @@ def stream(seed: int, split: str, index: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
-def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE) -> Scene:
-    """A random scene: the target (side drawn from ``target_side`` px) anywhere, distractors anywhere not over it."""
+def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE, present: bool = True) -> Scene:
+    """A random scene: the target (side drawn from ``target_side`` px) anywhere, distractors anywhere not over it.
+
+    ``present`` False leaves the target out of the picture (its place stays free of distractors all the same).
+    """
     side = rng.randint(*target_side)
     x0, y0 = rng.randrange(IMAGE_SIZE - side), rng.randrange(IMAGE_SIZE - side)
     box = (x0, y0, x0 + side, y0 + side)
@@ -90,7 +101,7 @@ def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE) -
         if dx < box[2] + 4 and box[0] < dx + d + 4 and dy < box[3] + 4 and box[1] < dy + d + 4:
             continue  # keep the target whole
         distractors.append((rng.choice(SHAPES), (dx, dy, dx + d, dy + d), rng.randint(120, 200)))
-    return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), box, tuple(distractors), rng.randrange(2**31))
+    return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), box, tuple(distractors), rng.randrange(2**31), present)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
@@ -114,48 +125,61 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for shape, box, grey in scene.distractors:
         _draw_shape(draw, shape, box, (grey, grey, grey))
-    _draw_shape(draw, scene.shape, scene.box, COLORS[scene.color])
+    if scene.present:
+        _draw_shape(draw, scene.shape, scene.box, COLORS[scene.color])
     return img
 
 
 @dataclass(frozen=True)
 class Question:
-    """One question about a scene, family-agnostic: the user text (without the image) and the expected answer.
+    """One question about a scene: the user text (without the image) and the expected answer.
 
-    ``choices``: the options of a lettered question (``answer`` is then the letter); ``asked``: the colour a
-    yes/no question names.
+    ``choices``: the options of a lettered question (``answer`` is then the letter).
     """
 
     family: str
     text: str
     answer: str
     choices: tuple[str, ...] = ()
-    asked: str = ""
 
 
-def make_question(family: str, scene: Scene, rng: random.Random) -> Question:
-    """A question of ``family`` about ``scene``'s target colour: short answer, yes/no (balanced) or 4 choices."""
+def make_question(family: str, scene: Scene) -> Question:
+    """A question of ``family`` about ``scene``'s target colour: short answer, yes/no or one of 4 choices."""
     if family == "textvqa":
         return Question(family, COLOR_QUESTION + SHORT_SUFFIX, scene.color)
-    if family == "pope":
-        yes = rng.random() < 0.5
-        asked = scene.color if yes else rng.choice([c for c in COLORS if c != scene.color])
-        return Question(family, YESNO_QUESTION.format(color=asked) + SHORT_SUFFIX, "Yes" if yes else "No", asked=asked)
+    if family == "pope":  # asks for the target's colour; the answer is whether the target is there
+        article = "an" if scene.color[0] in "aeiou" else "a"
+        text = YESNO_QUESTION.format(article=article, color=scene.color) + SHORT_SUFFIX
+        return Question(family, text, "Yes" if scene.present else "No")
     if family == "sqa":
-        choices = [scene.color] + rng.sample([c for c in COLORS if c != scene.color], 3)
-        rng.shuffle(choices)
+        choices = choice_set(scene.color)
         options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
         text = f"{CHOICE_CONTEXT}\n{CHOICE_QUESTION}\n{options}"
         return Question(family, text, LETTERS[choices.index(scene.color)], tuple(choices))
     raise ValueError(f"unknown question family {family!r} (expected one of {FAMILIES})")
 
 
+def choice_set(color: str) -> list[str]:
+    """The four options of a lettered question about ``color``: its half of the palette, in palette order.
+
+    Fixed sets make the letter name the colour directly; matching the colour against shuffled options is a
+    second skill that a model this small does not pick up in minutes of training.
+    """
+    names = list(COLORS)
+    half = names.index(color) // len(LETTERS)
+    return names[half * len(LETTERS):(half + 1) * len(LETTERS)]
+
+
 def sample(seed: int, split: str, index: int, family: str | None = None,
            target_side: tuple[int, int] = TARGET_SIDE) -> tuple[Scene, Question]:
-    """Item ``index`` of ``split``: its scene and one question (of ``family``, or one drawn at random)."""
+    """Item ``index`` of ``split``: one question (of ``family``, or one drawn at random) and its scene.
+
+    Half of the yes/no questions are POPE's negatives: their scene has no target at all.
+    """
     rng = stream(seed, split, index)
-    scene = make_scene(rng, target_side)
-    return scene, make_question(family or rng.choice(FAMILIES), scene, rng)
+    family = family or rng.choice(FAMILIES)
+    scene = make_scene(rng, target_side, present=family != "pope" or rng.random() < 0.5)
+    return scene, make_question(family, scene)
 
 
 def training_prompt(question: Question) -> str:
@@ -172,7 +196,7 @@ def tokenizer_corpus() -> list[str]:
     lines = [f"{system} USER: <image>\n{COLOR_QUESTION}{SHORT_SUFFIX} ASSISTANT: red</s>",
              CHOICE_CONTEXT, CHOICE_QUESTION, CHOICE_INSTRUCTION,
              "Yes No yes no", " ".join(f"{LETTERS[i % 4]}. {w}" for i, w in enumerate(words))]
-    lines += [YESNO_QUESTION.format(color=c) for c in COLORS]
+    lines += [YESNO_QUESTION.format(article=a, color=c) for c in COLORS for a in ("a", "an")]
     return lines + words
 
 
