@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,13 @@ def tiny_model(tiny_ckpt):
     from llava.model.builder import load_pretrained_model
 
     return load_pretrained_model(str(tiny_ckpt), None, "llava-v1.5-tiny", device="cpu")
+
+
+def cli_error(module: str, *args: str) -> str:
+    """Run ``python -m module args``, which must fail as a user error does: exit 2 and one ``error:`` line, no
+    traceback. Returns its stderr."""
+    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith("error: ")
+    return result.stderr

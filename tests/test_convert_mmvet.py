@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llava.eval import convert_mmvet_for_eval as conv
 from llava.eval.utils import InputError
+from conftest import cli_error
 
 
 @pytest.mark.parametrize("model", ["llava-v1.5-13b", "llava-v1.5-7b"])
@@ -76,8 +74,5 @@ def test_question_file_sets_the_expected_answers(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path):
     src = tmp_path / "a.jsonl"
     src.write_text('{"question_id": 0, "text": "x"}\n{"question_id": 0, "text": "y"}\n')
-    result = subprocess.run([sys.executable, "-m", "llava.eval.convert_mmvet_for_eval", "--src", str(src),
-                             "--dst", str(tmp_path / "r.json")],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {src}:2: duplicate question_id 0")
+    stderr = cli_error("llava.eval.convert_mmvet_for_eval", "--src", str(src), "--dst", str(tmp_path / "r.json"))
+    assert stderr.startswith(f"error: {src}:2: duplicate question_id 0")

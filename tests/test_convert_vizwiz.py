@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llava.eval import convert_vizwiz_for_submission as conv
 from llava.eval.utils import InputError, read_json
+from conftest import cli_error
 
 SUFFIX = ("\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n"
           "Answer the question using a single word or phrase.")
@@ -96,9 +94,6 @@ def test_upload_bytes_escape_non_ascii(questions, tmp_path):
 def test_cli_errors_are_one_line(questions, tmp_path):
     res = tmp_path / "answers.jsonl"
     _write_lines(res, [{"question_id": 0, "text": "x"}])
-    result = subprocess.run([sys.executable, "-m", "llava.eval.convert_vizwiz_for_submission",
-                             "--annotation-file", str(questions), "--result-file", str(res),
-                             "--result-upload-file", str(tmp_path / "u.json")],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {res}: 2 of 3 questions have no answer")
+    stderr = cli_error("llava.eval.convert_vizwiz_for_submission", "--annotation-file", str(questions),
+                       "--result-file", str(res), "--result-upload-file", str(tmp_path / "u.json"))
+    assert stderr.startswith(f"error: {res}: 2 of 3 questions have no answer")

@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llava.eval import convert_vqav2_for_submission as conv
 from llava.eval.utils import InputError, read_json
+from conftest import cli_error
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 TEST_DEV = (262144000, 262144001, 262144002)
@@ -117,8 +115,6 @@ def test_cli_errors_are_one_line(files, tmp_path):
     test, src = files
     with open(src, "a") as f:
         f.write(json.dumps({"question_id": 262144001, "text": "again"}) + "\n")
-    result = subprocess.run([sys.executable, "-m", "llava.eval.convert_vqav2_for_submission", "--test-file", str(test),
-                             "--src", str(src), "--dst", str(tmp_path / "u.json")],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {src}:5: duplicate answer for question_id 262144001 (first at line 3)")
+    stderr = cli_error("llava.eval.convert_vqav2_for_submission", "--test-file", str(test), "--src", str(src),
+                       "--dst", str(tmp_path / "u.json"))
+    assert stderr.startswith(f"error: {src}:5: duplicate answer for question_id 262144001 (first at line 3)")

@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llava.eval import eval_gqa
 from llava.eval.utils import InputError, read_json, read_jsonl
+from conftest import cli_error
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 
@@ -259,8 +257,6 @@ def test_real_predictions_bytes(shared_dir, tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     bad = tmp_path / "merge.jsonl"
     bad.write_text('{"question_id": "1", "text": "a"}\n{"question_id": "1"\n')
-    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_gqa", "--result-file", str(bad),
-                             "--predictions-out", str(tmp_path / "p.json")],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {bad}:2: malformed JSON line")
+    stderr = cli_error("llava.eval.eval_gqa", "--result-file", str(bad), "--predictions-out",
+                       str(tmp_path / "p.json"))
+    assert stderr.startswith(f"error: {bad}:2: malformed JSON line")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import openpyxl
@@ -14,6 +12,7 @@ import pytest
 from llava.eval import convert_mmbench_for_submission as conv
 from llava.eval import eval_mmbench as mmb
 from llava.eval.utils import InputError, read_json
+from conftest import cli_error
 
 UPLOAD = "llava-eval/mmbench/answers_upload/mmbench_dev_20230712/llava-v1.5-13b.xlsx"
 ANSWERS = "llava-eval/mmbench/answers/mmbench_dev_20230712/llava-v1.5-13b.jsonl"
@@ -292,8 +291,5 @@ def test_cli_errors_are_one_line(tiny, tmp_path, module):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question_id": 0, "text": 5}) + "\n")
     out = ["--upload-file", str(tmp_path / "u.xlsx")] if module.startswith("convert") else []
-    result = subprocess.run([sys.executable, "-m", f"llava.eval.{module}", "--annotation-file", str(tsv),
-                             "--result-file", str(bad), *out],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {bad}:1: text must be a string")
+    stderr = cli_error(f"llava.eval.{module}", "--annotation-file", str(tsv), "--result-file", str(bad), *out)
+    assert stderr.startswith(f"error: {bad}:1: text must be a string")

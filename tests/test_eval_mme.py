@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llava.eval import eval_mme
 from llava.eval.utils import InputError
+from conftest import cli_error
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 MME = " Please answer yes or no."
@@ -249,8 +248,6 @@ def test_official_files_are_byte_identical_to_upstream(shared_dir: Path, tmp_pat
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     gt_dir, qfile, rfile = _count_fixture(tmp_path, [_ans(2, "Yes"), {"question_id": "count/1.jpg", "text": 1}])
-    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_mme", "--question-file", str(qfile),
-                             "--result-file", str(rfile), "--gt-dir", str(gt_dir)],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {rfile}:2: missing key(s) prompt")
+    stderr = cli_error("llava.eval.eval_mme", "--question-file", str(qfile), "--result-file", str(rfile), "--gt-dir",
+                       str(gt_dir))
+    assert stderr.startswith(f"error: {rfile}:2: missing key(s) prompt")

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llava.eval import eval_pope
 from llava.eval.utils import InputError
+from conftest import cli_error
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 OFFSETS = {"adversarial": 0, "random": 10_000_000, "popular": 20_000_000}
@@ -182,8 +181,6 @@ def test_non_string_fields_are_named(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     ann_dir, qfile, _ = _fixture(tmp_path)
     rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": 1, "text": "Yes"}])
-    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_pope", "--annotation-dir", str(ann_dir),
-                             "--question-file", str(qfile), "--result-file", str(rfile)],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {rfile}: 10 of 11 questions have no answer")
+    stderr = cli_error("llava.eval.eval_pope", "--annotation-dir", str(ann_dir), "--question-file", str(qfile),
+                       "--result-file", str(rfile))
+    assert stderr.startswith(f"error: {rfile}: 10 of 11 questions have no answer")

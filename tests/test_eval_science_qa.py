@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llava.eval import eval_science_qa as sqa
 from llava.eval.utils import InputError
+from conftest import cli_error
 
 OPTIONS = ["A", "B", "C", "D", "E"]
 SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -179,8 +178,5 @@ def test_output_files_escape_non_ascii(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     base, rows = _three_problems(tmp_path)
     rfile = _answers(tmp_path / "a.jsonl", rows[:2])
-    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_science_qa", "--base-dir", str(base),
-                             "--result-file", str(rfile)],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {rfile}: 1 of 3 problems have no answer, e.g. '3'")
+    stderr = cli_error("llava.eval.eval_science_qa", "--base-dir", str(base), "--result-file", str(rfile))
+    assert stderr.startswith(f"error: {rfile}: 1 of 3 problems have no answer, e.g. '3'")

@@ -1,12 +1,10 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llava.eval import eval_textvqa
 from llava.eval.utils import InputError, read_json, read_jsonl
+from conftest import cli_error
 
 SUFFIX = "Answer the question using a single word or phrase."
 
@@ -183,8 +181,6 @@ def test_bad_annotations_are_named(files):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llava.eval.eval_textvqa", "--annotation-file",
-                             str(tmp_path / "nope.json"), "--result-file", str(tmp_path / "a.jsonl")],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"error: {tmp_path / 'nope.json'}: file not found")
+    stderr = cli_error("llava.eval.eval_textvqa", "--annotation-file", str(tmp_path / "nope.json"), "--result-file",
+                       str(tmp_path / "a.jsonl"))
+    assert stderr.startswith(f"error: {tmp_path / 'nope.json'}: file not found")

@@ -143,6 +143,10 @@ def load_config_json(path: str | Path, vision: VisionConfig | None = None,
     ``num_crops`` overrides the crop count (5 for ``anyres``, 8 frames for a video tower).
     """
     raw = json.loads(Path(path).read_text())
+    if "text_config" in raw:  # [FasterVLM] a transformers-format (llava-hf) config, read as the original layout
+        from llava.model import hf_format  # only such configs need torch and transformers
+
+        raw = hf_format.original_config(Path(path).parent, raw, image_processor=False)
     llm = LLMConfig(
         hidden_size=int(raw["hidden_size"]),
         intermediate_size=int(raw["intermediate_size"]),
@@ -151,6 +155,10 @@ def load_config_json(path: str | Path, vision: VisionConfig | None = None,
         num_kv_heads=raw.get("num_key_value_heads"),
     )
     tower = raw.get("mm_video_tower") or raw.get("mm_vision_tower") or raw.get("mm_image_tower")
+    shape = raw.get("mm_vision_config")  # a transformers-format checkpoint gives the tower's shape, not its hub id
+    if vision is None and shape:
+        vision = VisionConfig(shape.get("_name_or_path") or "vision_config", shape["num_hidden_layers"],
+                              shape["hidden_size"], shape["intermediate_size"], shape["image_size"], shape["patch_size"])
     vis = vision or (vision_from_name(tower) if tower else None)
     if vis is None:
         raise ValueError(f"unrecognised vision tower {tower!r}: pass --vision-layers, "

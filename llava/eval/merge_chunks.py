@@ -32,6 +32,10 @@ def _chunk_manifests(chunks: list[str]) -> list[dict]:
             raise InputError(f"{path}: is chunk {manifest['chunk']['chunk_idx']} of {manifest['chunk']['num_chunks']}, "
                              f"but was given as chunk {idx} of {len(chunks)}; pass every chunk, in order")
         diffs = provenance.differences(manifests[0], manifest) if manifests else []
+        # How each chunk's model loaded (dtypes, tower weights); an empty chunk never loads one.
+        loaded = next((m["loaded"] for m in manifests if "loaded" in m), None)
+        if loaded is not None and "loaded" in manifest:
+            diffs += provenance.differences({"loaded": loaded}, manifest, parts=("loaded",))
         if diffs:
             raise InputError(f"{path}: made with other settings than {chunks[0]}:\n  " + "\n  ".join(diffs))
         manifests.append(manifest)

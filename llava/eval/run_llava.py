@@ -26,7 +26,7 @@ def infer_conv_mode(model_name: str) -> str:
         return "mistral_instruct"
     if "v1.6-34b" in name:
         return "chatml_direct"
-    if "v1" in name:
+    if "v1" in name or "llava-1.5" in name:  # [FasterVLM] llava-hf names LLaVA-1.5 llava-1.5-7b-hf
         return "llava_v1"
     if "mpt" in name:
         return "mpt"

@@ -32,6 +32,7 @@ from llava.eval import provenance
 from llava.eval.utils import InputError
 from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, get_model_name_from_path, process_images,
                             tokenizer_image_token)
+from llava.model.multimodal_encoder.clip_encoder import CLS_ATTN_ARITHMETICS
 from llava.pruning import InLLMPruningMethod, available_methods, cli_parameters, get_method, method_parameters
 
 PRUNING_METHODS = available_methods()
@@ -132,6 +133,10 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
                         help="LLM dtype (default float16 on CUDA, the paper's protocol; float32 on CPU)")
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager", "flash_attention_2"], default="sdpa",
                         help="LLM attention kernel (flash_attention_2 needs the [flash] extra)")
+    parser.add_argument("--cls-attn-arithmetic", choices=CLS_ATTN_ARITHMETICS, default="fp32",
+                        help="[FasterVLM] how the vision tower computes the [CLS] scores: 'fp32' (default: SDPA layers, "
+                             "the [CLS] row in fp32) or 'upstream' (the released code's eager attention in the tower "
+                             "dtype; reproduces the paper's fp16-tower numbers: LLaVA-1.6, Video-LLaVA)")
 
 
 def get_chunk(items: Sequence, num_chunks: int, chunk_idx: int) -> list:
@@ -255,7 +260,8 @@ def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settin
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     method = get_method(args.pruning_method, **pruning_kwargs(args))
     method_flags = {p.flag.lstrip("-").replace("-", "_") for p in cli_parameters()}
-    mapped = {"model_base", "dtype", "attn_implementation", "anyres_protocol", "visual_token_num", "pruning_method",
+    mapped = {"model_base", "dtype", "attn_implementation", "cls_attn_arithmetic", "anyres_protocol", "visual_token_num",
+              "pruning_method",
               "conv_mode", "temperature", "top_p", "num_beams", "max_new_tokens", "seed", "batch_size"}
     options = {k: v for k, v in sorted(vars(args).items())
                if k not in _BOOKKEEPING | mapped | method_flags and k not in _HASHED_FILES}
@@ -263,7 +269,8 @@ def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settin
     settings = {
         "model": {"checkpoint": Path(model_path).name, "fingerprint": provenance.checkpoint_fingerprint(model_path),
                   "model_base": args.model_base, "dtype": args.dtype or default_dtype,
-                  "attn_implementation": args.attn_implementation, "device": device.split(":")[0],
+                  "attn_implementation": args.attn_implementation, "cls_attn_arithmetic": args.cls_attn_arithmetic,
+                  "device": device.split(":")[0],
                   "anyres_protocol": resolve_anyres_protocol(cfg, args.visual_token_num, args.anyres_protocol)},
         "pruning": {"visual_token_num": args.visual_token_num, "method": method.name,
                     "params": {name: getattr(method, name) for name in method_parameters(method.name)}},
@@ -309,17 +316,45 @@ def start_answers_file(answers_file: Path, manifest: dict, answers: AnswerFormat
             raise InputError(f"{answers_file}: was made with other settings; resuming would mix runs:\n  "
                              + "\n  ".join(diffs) + "\npass --overwrite to start afresh, or use another --answers-file")
         manifest["info"]["resumed"] = existing["info"].get("created")
+        if "loaded" in existing:
+            manifest["loaded"] = existing["loaded"]
     answers_file.parent.mkdir(parents=True, exist_ok=True)
     provenance.write_manifest(answers_file, manifest)
     answers_file.touch()  # an empty chunk still writes its (empty) answers file
     return read_answers(answers_file, answers.key_fields, manifest["fingerprint"])
 
 
+def loaded_facts(model) -> dict:
+    """What only the loaded model can say: the dtypes and kernel it runs with, and where tower weights came from
+    (Video-LLaVA: the LanguageBind folders upstream reads, or the bf16 copies embedded in the checkpoint)."""
+    inner = model.get_model()
+    towers = {name: getattr(inner, name) for name in ("vision_tower", "image_tower", "video_tower")
+              if getattr(inner, name, None) is not None}
+    return {"llm_dtype": str(model.dtype).removeprefix("torch."),
+            "attn_implementation": model.config._attn_implementation,
+            "towers": {name: {"dtype": str(t.dtype).removeprefix("torch."),
+                              "weights": "checkpoint" if getattr(t, "weights_source", None) == "checkpoint"
+                              else "tower folder"} for name, t in towers.items()}}
+
+
+def record_loaded(answers_file: Path, manifest: dict, model) -> None:
+    """Add :func:`loaded_facts` to the manifest; a resumed run that loaded differently (e.g. tower weights from
+    another source) is refused like any other change of settings."""
+    loaded = loaded_facts(model)
+    previous = provenance.read_manifest(answers_file).get("loaded")
+    if previous is not None and previous != loaded:
+        diffs = provenance.differences({"loaded": previous}, {"loaded": loaded}, parts=("loaded",))
+        raise InputError(f"{answers_file}: the model loaded differently from the run being resumed:\n  "
+                         + "\n  ".join(diffs) + "\npass --overwrite to start afresh, or use another --answers-file")
+    manifest["loaded"] = loaded
+    provenance.write_manifest(answers_file, manifest)
+
+
 def _load_model(args, method_kwargs: dict):
     from llava.model.builder import load_pretrained_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = {"attn_implementation": args.attn_implementation}
+    kwargs = {"attn_implementation": args.attn_implementation, "cls_attn_arithmetic": args.cls_attn_arithmetic}
     if args.dtype:
         kwargs["torch_dtype"] = getattr(torch, args.dtype)
     model_name = get_model_name_from_path(os.path.expanduser(args.model_path))
@@ -384,6 +419,7 @@ def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: Ans
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     tokenizer, model, processor, model_name = _load_model(args, pruning_kwargs(args))
+    record_loaded(answers_file, manifest, model)
     if processor_key is not None:
         processor = processor[processor_key]
     conv_mode = manifest["settings"]["decoding"]["conv_mode"]

@@ -1,4 +1,5 @@
-"""``load_pretrained_model``: LLaVA's loader, for the original liuhaotian checkpoint layout."""
+"""``load_pretrained_model``: LLaVA's loader, for the original liuhaotian checkpoint layout and [FasterVLM] transformers'
+(llava-hf) layout, read as the original one by ``llava.model.hf_format``."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.eval.utils import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
+from llava.model import hf_format
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
 from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
@@ -21,7 +23,11 @@ _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 
 
 def read_model_config(model_path: str | os.PathLike) -> dict:
-    """A checkpoint's ``config.json`` as a dict; a missing, truncated or non-object file is an error naming it."""
+    """A checkpoint's ``config.json`` as a dict; a missing, truncated or non-object file is an error naming it.
+
+    [FasterVLM] A transformers-format checkpoint's config comes translated into the original layout's
+    (``hf_format.original_config``), so every reader sees one layout.
+    """
     path = Path(model_path) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config.json; --model-path must be a LLaVA checkpoint folder")
@@ -31,7 +37,7 @@ def read_model_config(model_path: str | os.PathLike) -> dict:
         raise InputError(f"{path}: not valid JSON ({e}); the checkpoint's config is damaged or incomplete") from None
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: expected a JSON object")
-    return cfg
+    return hf_format.original_config(model_path, cfg) if hf_format.is_hf_config(cfg) else cfg
 
 
 def read_llava_config(model_path: str | os.PathLike) -> dict:
@@ -48,6 +54,8 @@ def num_patches(model_path: str | os.PathLike) -> int | None:
     cfg = read_llava_config(model_path)
     if is_video_llava(model_path):
         return patches_per_frame(model_path)
+    if cfg.get("mm_vision_config"):  # [FasterVLM] a transformers-format checkpoint describes its tower itself
+        return (cfg["mm_vision_config"]["image_size"] // cfg["mm_vision_config"]["patch_size"]) ** 2
     tower = resolve_tower_path(cfg["mm_vision_tower"], model_path)
     try:
         vision = CLIPVisionConfig.from_pretrained(tower, local_files_only=True)
@@ -192,8 +200,11 @@ def load_llava_llama(model_path, cfg_dict: dict, load_kwargs: dict, **config_ove
     """Tokenizer and ``LlavaLlamaForCausalLM`` from a checkpoint folder; also the weight keys it lacked."""
     check_weight_files(model_path)
     tokenizer = load_tokenizer(model_path)
-    config = LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides)
+    # The overrides win over a saved config's values (a checkpoint written by save_pretrained records anyres_protocol)
+    config = LlavaConfig(**{**{k: v for k, v in cfg_dict.items() if k != "model_type"}, **config_overrides})
     config._name_or_path = str(model_path)
+    if hf_format.is_hf_checkpoint(model_path):  # [FasterVLM] llava-hf weights, renamed onto ours as they load
+        return tokenizer, hf_format.load_llava_hf(model_path, config, load_kwargs), []
     model, loading_info = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, output_loading_info=True,
                                                                 **load_kwargs)
     return tokenizer, model, loading_info["missing_keys"]
@@ -221,6 +232,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters.
     [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
     whose third value is a ``{"image", "video"}`` processor dict.
+    [FasterVLM] transformers-format (llava-hf) checkpoints of all three load the same way, onto the same classes
+    (``llava.model.hf_format``).
     """
     method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
     if isinstance(method, InLLMPruningMethod):
@@ -247,6 +260,9 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     vision_tower_dtype = kwargs.pop("vision_tower_dtype", None)
     cls_attn_arithmetic = check_cls_attn_arithmetic(kwargs.pop("cls_attn_arithmetic", None))  # [FasterVLM]
+    if vision_tower_dtype is None and cfg_dict.get("hf_model_type") == "llava":
+        # [FasterVLM] llava-hf's LLaVA-1.5 stores the frozen CLIP tower, which the original layout loads in fp32
+        vision_tower_dtype = torch.float32
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 

@@ -41,6 +41,8 @@ def video_tower_config(model_path: str | os.PathLike):
     cfg = read_video_llava_config(model_path)
     if cfg is None:
         raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
+    if cfg.get("mm_vision_config"):  # [FasterVLM] a transformers-format checkpoint (llava.model.hf_format)
+        return TowerConfig.from_dict(cfg["mm_vision_config"])
     folder = tower_folder(cfg["mm_video_tower"], model_path)
     return TowerConfig.from_dict(read_tower_config(folder)["vision_config"])
 

@@ -126,6 +126,44 @@ def patch_attention(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=-1)[..., 1:].to(x.dtype)
 
 
+def selected_layer_index(num_layers: int, select_layer: int) -> int:
+    """0-based index of the encoder layer whose output is ``hidden_states[select_layer]``."""
+    index = num_layers + select_layer if select_layer < 0 else select_layer - 1
+    if not 0 <= index < num_layers:
+        raise ValueError(f"mm_vision_select_layer={select_layer} selects no encoder layer of a {num_layers}-layer tower")
+    return index
+
+
+def clip_tower_outputs(model: CLIPVisionModel, pixels: torch.Tensor, select_layer: int, select_feature: str,
+                       request: TowerRequest, arithmetic: str = "fp32") -> TowerOutputs:
+    """Run a transformers ``CLIPVisionModel`` up to layer ``select_layer`` (``hidden_states`` indexing).
+
+    ``pixels``: (B, 3, H, W) in the model's dtype. Returns that layer's features, (B, N, C) for ``patch`` or
+    (B, 1+N, C) for ``cls_patch``, and [FasterVLM] the attention maps ``request`` names, in the model's dtype,
+    computed with ``arithmetic`` (module docstring). Layers after the selected one never reach LLaVA, so they
+    never run. Shared by :class:`CLIPVisionTower` and ``llava.model.hf_pruning`` (FasterVLM inside transformers'
+    own Llava models).
+    """
+    arithmetic = check_cls_attn_arithmetic(arithmetic)
+    # transformers 5 flattened CLIPVisionModel; 4.x nests the same modules under .vision_model.
+    vm = getattr(model, "vision_model", model)
+    x = vm.pre_layrnorm(vm.embeddings(pixels))  # (B, 1+N, C)
+    index = selected_layer_index(len(vm.encoder.layers), select_layer)
+    for layer in vm.encoder.layers[:index]:
+        x = _clip_layer(layer, x, arithmetic)[0]
+    selected = vm.encoder.layers[index]
+    out, weights = _clip_layer(selected, x, arithmetic)
+    maps = {}
+    if request.cls_attn:
+        # [FasterVLM] (B, H, N): the [CLS] row, CLS→CLS column dropped; "upstream" reads it off the full map.
+        maps["cls_attn"] = (weights[:, :, 0] if weights is not None else cls_attention(selected, x))[:, :, 1:]
+    if request.keys:
+        maps["keys"] = attention_keys(selected, x)[:, :, 1:]  # (B, H, N, D)
+    if request.patch_attn:
+        maps["patch_attn"] = patch_attention(selected, x)  # (B, H, N, N)
+    return TowerOutputs(out[:, 1:] if select_feature == "patch" else out, **maps)
+
+
 class CLIPVisionTower(nn.Module):
     """LLaVA's ``CLIPVisionTower``; ``forward`` returns ``(features, cls_attn)`` (or, asked by a pruning method,
     a ``TowerOutputs``).
@@ -142,6 +180,10 @@ class CLIPVisionTower(nn.Module):
         self.cls_attn_arithmetic = check_cls_attn_arithmetic(getattr(args, "cls_attn_arithmetic", None))
         self.select_layer = args.mm_vision_select_layer
         self.select_feature = getattr(args, "mm_vision_select_feature", "patch")
+        # [FasterVLM] A transformers-format (llava-hf) checkpoint gives the tower's config and image processor in its
+        # own files (read by llava.model.hf_format into these two keys); its weights are in the checkpoint.
+        self.vision_config = getattr(args, "mm_vision_config", None)
+        self.processor_config = getattr(args, "mm_image_processor", None)
         if self.select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"unexpected mm_vision_select_feature {self.select_feature!r} (patch or cls_patch)")
         if not delay_load:
@@ -172,23 +214,18 @@ class CLIPVisionTower(nn.Module):
         The checkpoint nests them as ``….vision_model.*`` (transformers 4.x's CLIPVisionModel); transformers 5,
         whose CLIPVisionModel is flat, strips that level itself when loading a nested CLIPVisionModel.
         """
-        try:
-            self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
-            config = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
-        except OSError as e:
-            raise OSError(f"cannot load the vision tower {self.vision_tower_name!r} named by mm_vision_tower: {e}") from None
+        if self.vision_config is not None:  # [FasterVLM] a transformers-format checkpoint
+            self.image_processor = CLIPImageProcessor(**self.processor_config)
+            config = CLIPVisionConfig.from_dict(self.vision_config)
+        else:
+            try:
+                self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
+                config = CLIPVisionConfig.from_pretrained(self.vision_tower_name)
+            except OSError as e:
+                raise OSError(f"cannot load the vision tower {self.vision_tower_name!r} named by mm_vision_tower: {e}") from None
         self.vision_tower = CLIPVisionModel(config)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
-
-    @property
-    def _layer_index(self) -> int:
-        """0-based index of the encoder layer whose output is ``hidden_states[select_layer]``."""
-        n = self.config.num_hidden_layers
-        index = n + self.select_layer if self.select_layer < 0 else self.select_layer - 1
-        if not 0 <= index < n:
-            raise ValueError(f"mm_vision_select_layer={self.select_layer} selects no encoder layer of a {n}-layer tower")
-        return index
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, request: TowerRequest | None = None):
@@ -197,29 +234,13 @@ class CLIPVisionTower(nn.Module):
         [FasterVLM] With a pruning method's ``request``, returns a :class:`TowerOutputs` instead, holding the
         features and only the requested maps of the selected layer (``llava.pruning``).
         """
-        # transformers 5 flattened CLIPVisionModel; 4.x nests the same modules under .vision_model.
-        vm = getattr(self.vision_tower, "vision_model", self.vision_tower)
-        arithmetic = check_cls_attn_arithmetic(self.cls_attn_arithmetic)
-        x = vm.pre_layrnorm(vm.embeddings(images.to(device=self.device, dtype=self.dtype)))  # (B, 1+N, C)
-        index = self._layer_index
-        for layer in vm.encoder.layers[:index]:
-            x = _clip_layer(layer, x, arithmetic)[0]
-        selected = vm.encoder.layers[index]
-        # Layers after the selected one never reach LLaVA, so they never run.
-        out, weights = _clip_layer(selected, x, arithmetic)
-        maps = {}
-        if request is None or request.cls_attn:
-            # [FasterVLM] (B, H, N): the [CLS] row, CLS→CLS column dropped; "upstream" reads it off the full map.
-            maps["cls_attn"] = (weights[:, :, 0] if weights is not None else cls_attention(selected, x))[:, :, 1:]
-        if request is not None and request.keys:
-            maps["keys"] = attention_keys(selected, x)[:, :, 1:]  # (B, H, N, D)
-        if request is not None and request.patch_attn:
-            maps["patch_attn"] = patch_attention(selected, x)  # (B, H, N, N)
-        features = (out[:, 1:] if self.select_feature == "patch" else out).to(images.dtype)
-        maps = {name: value.to(images.dtype) for name, value in maps.items()}
+        pixels = images.to(device=self.device, dtype=self.dtype)
+        out = clip_tower_outputs(self.vision_tower, pixels, self.select_layer, self.select_feature,
+                                 request or TowerRequest(cls_attn=True), self.cls_attn_arithmetic)
+        out = TowerOutputs(**{name: None if t is None else t.to(images.dtype) for name, t in vars(out).items()})
         if request is None:
-            return features, maps["cls_attn"]
-        return TowerOutputs(features, **maps)
+            return out.features, out.cls_attn
+        return out
 
     @property
     def dtype(self) -> torch.dtype:

@@ -262,8 +262,11 @@ class _LanguageBindTower(nn.Module):
         super().__init__()
         self.tower_name = name
         self.folder_is_local = os.path.isdir(resolve_tower_path(name, base_dir))
-        self.folder = tower_folder(name, base_dir)
-        self.cfg = TowerConfig.from_dict(read_tower_config(self.folder)["vision_config"])
+        # [FasterVLM] A transformers-format (llava-hf) checkpoint gives the towers' shape in its own config
+        # (mm_vision_config, see llava.model.hf_format) and their weights in its state dict: no tower folders.
+        vision_config = getattr(args, "mm_vision_config", None)
+        self.folder = None if vision_config else tower_folder(name, base_dir)
+        self.cfg = TowerConfig.from_dict(vision_config or read_tower_config(self.folder)["vision_config"])
         self.select_layer = args.mm_vision_select_layer
         select_feature = getattr(args, "mm_vision_select_feature", "patch")
         if select_feature != "patch":  # Video-LLaVA-7B's value; FasterVLM scores patches only
@@ -307,7 +310,18 @@ class _LanguageBindTower(nn.Module):
 
     def load_weights(self, model_path: str | os.PathLike) -> None:
         """Load the weights upstream uses (module docstring), else the copy embedded in the checkpoint at
-        ``model_path``, with a warning; record which in ``weights_source``."""
+        ``model_path``, with a warning; record which in ``weights_source``.
+
+        [FasterVLM] A transformers-format (llava-hf) checkpoint names no tower folder: its own copy is the only one.
+        """
+        if self.folder is None:
+            from llava.model.hf_format import read_tower_state
+
+            state = read_tower_state(model_path, self.attr)
+            if not state:
+                raise ValueError(f"{model_path}: the checkpoint lacks the {self.attr} weights")
+            self.set_weights(state, "checkpoint")
+            return
         folder, missing = self._upstream_folder()
         if folder is not None:
             self.set_weights(load_tower_weights(folder), str(folder))
