@@ -38,7 +38,7 @@ from llava.eval import eval_pope, eval_science_qa, eval_textvqa
 from llava.eval import model_vqa_loader, model_vqa_science
 from llava.eval.model_vqa_loader import build_parser, vqa_samples
 from llava.eval.runner import Sample, build_prompt, run
-from llava.eval.utils import ArgumentParser, cli, write_json
+from llava.eval.utils import ArgumentParser, InputError, cli, write_json
 from llava.pruning import available_methods
 from llava.tools import toy_world
 
@@ -58,7 +58,7 @@ def toy_checkpoint(cache: Path = Path("checkpoints") / CKPT_NAME) -> Path:
     if not (cache / "config.json").is_file():
         from llava.tools.train_toy import train_toy
 
-        print(f"no shipped toy checkpoint; training one into {cache} (about 10 minutes on 2 cores, once)")
+        print(f"no shipped toy checkpoint; training one into {cache} (about 11 minutes on 2 cores, once)")
         train_toy(cache)
     return cache
 
@@ -219,36 +219,67 @@ def evaluate_cell(data: Path, model_path: Path, method: str, tokens: int, batch_
             "avg_visual_tokens": visual / total}
 
 
+def usable_methods(methods) -> tuple[list[str], dict[str, str]]:
+    """The methods this install can run, and why each other one is skipped (in-LLM methods need a newer
+    transformers; the demo says so instead of failing after the other cells)."""
+    from llava.pruning import InLLMPruningMethod, get_method
+    from llava.pruning.llm import check_supported
+
+    usable, skipped = [], {}
+    for m in methods:
+        try:
+            if isinstance(get_method(m), InLLMPruningMethod):
+                check_supported()
+        except NotImplementedError as err:
+            skipped[m] = str(err)
+        else:
+            usable.append(m)
+    return usable, skipped
+
+
 def run_demo(out: Path, data: Path, model_path: Path | None = None, methods=METHODS, tokens=TOKENS, seed: int = 1,
              questions: int = 510, batch_size: int = 32, device: str = "cpu", threads: int | None = None) -> dict:
-    """Evaluate every (method, tokens) cell with the benchmarks under ``data``; returns what ``details.json`` holds."""
+    """Evaluate every (method, tokens) cell with the benchmarks under ``data``; returns what ``details.json`` holds.
+
+    A budget of all 576 patches prunes nothing, whatever the method: that column is one unpruned run, shown for
+    every method.
+    """
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
     model_path = model_path or toy_checkpoint()
+    methods, skipped = usable_methods(methods)
+    for m, why in skipped.items():
+        print(f"skipping {m}: {why}")
+    if not methods:
+        raise InputError(f"none of the methods can run here: {skipped}")
     stamp = {"seed": seed, "questions_per_family": -(-questions // len(toy_world.FAMILIES))}
     if not (data / "toy_world.json").is_file() or json.loads((data / "toy_world.json").read_text()) != stamp:
         shutil.rmtree(data, ignore_errors=True)
         toy_world.make_toy_benchmarks(data, seed, questions)
 
-    cells = [(m, t) for m in methods for t in tokens]
+    pruned = [(m, t) for m in methods for t in tokens if t < toy_world.PATCHES]
+    runs = ([(methods[0], toy_world.PATCHES)] if toy_world.PATCHES in tokens else []) + pruned
     results: dict = {m: {} for m in methods}
-    details: dict = {"model_path": str(model_path), "cells": {}}
-    bar = tqdm(cells, desc="toy world: methods x budgets", unit="cell")
+    details: dict = {"model_path": str(model_path), "cells": {}, "skipped": skipped}
+    bar = tqdm(runs, desc="toy world: methods x budgets", unit="cell")
     for method, budget in bar:
         cell = evaluate_cell(data, model_path, method, budget, batch_size, device)
-        results[method][str(budget)] = round(cell["accuracy"], 2)
-        details["cells"][f"{method}/{budget}"] = cell
+        for m in (methods if budget == toy_world.PATCHES else [method]):
+            results[m][str(budget)] = round(cell["accuracy"], 2)
+            details["cells"][f"{m}/{budget}"] = cell
         details["questions"] = cell["questions"]
         bar.set_postfix(last=f"{method}@{budget}={cell['accuracy']:.1f}%")
+    results = {m: {str(t): results[m][str(t)] for t in tokens} for m in methods}
     eval_s = time.perf_counter() - start
 
+    cells = [(m, t) for m in methods for t in tokens]
     first = FAMILIES[0]
     sample = vqa_samples(str(data / first.question_file), str(data / first.image_folder))[0]
     base_ms, cell_ms = prefill_ms(model_path, sample, cells, device)
     speedups = {m: {str(t): base_ms / cell_ms[m, t] for t in tokens} for m in methods}
     for (m, t), ms in cell_ms.items():
-        details["cells"][f"{m}/{t}"].update(prefill_ms=ms, prefill_speedup=base_ms / ms)
+        details["cells"][f"{m}/{t}"] = {**details["cells"][f"{m}/{t}"], "prefill_ms": ms, "prefill_speedup": base_ms / ms}
     details.update(unpruned_prefill_ms=base_ms, eval_wall_s=eval_s, wall_s=time.perf_counter() - start,
                    targets=check_targets(results))
 
@@ -280,6 +311,10 @@ def print_report(results: dict, details: dict, out: Path) -> None:
                   f"| {c['avg_visual_tokens']:.0f} | {c['prefill_ms']:.1f} | {c['prefill_speedup']:.2f}x |")
     if "fastv" in results:
         print("\nfastv prunes inside the LLM: all 576 visual tokens enter it, the budget remains from layer 2 on.")
+    if str(toy_world.PATCHES) in tokens:
+        print(f"{toy_world.PATCHES} tokens keep every patch: one unpruned run, the same for every method.")
+    for m, why in details["skipped"].items():
+        print(f"Skipped {m}: {why}")
     print(f"Unpruned prefill: {details['unpruned_prefill_ms']:.1f} ms (batch 1, median); evaluation "
           f"{details['eval_wall_s']:.0f} s, all {details['wall_s']:.0f} s.")
     for t in details["targets"]:

@@ -13,8 +13,8 @@ A tiny tower trained for minutes reads colour from [CLS] reliably, shape not. Th
 
 * ``textvqa/``: short answers ("What color is the shape?" → ``red``), LLaVA's ``llava_textvqa_val_v051_ocr.jsonl``
   + ``TextVQA_0.5.1_val.json`` (10 answers each), scored with the TextVQA/VQAv2 normalisation and soft accuracy;
-* ``pope/``: yes/no ("Is there a red shape in the image?"), half of them about a picture without the coloured
-  shape (POPE's negatives: the object asked about is absent), ``llava_pope_test.jsonl`` +
+* ``pope/``: yes/no ("Is the colored shape a warm color?": red, orange, yellow and pink are, so half the answers
+  are no), ``llava_pope_test.jsonl`` +
   ``coco/coco_pope_random.json``, scored with POPE's rule;
 * ``sqa/``: lettered choices of the target's colour (the four colours of its half of the palette),
   ``llava_test_CQM-A.json`` + ``problems.json`` +
@@ -38,7 +38,8 @@ from PIL import Image, ImageDraw
 from llava.eval.utils import ArgumentParser, cli
 
 IMAGE_SIZE, PATCH = 336, 14
-GRID = IMAGE_SIZE // PATCH  # 24 patches per side, 576 in all
+GRID = IMAGE_SIZE // PATCH  # 24 patches per side
+PATCHES = GRID * GRID  # 576
 # Saturated and bright, far from the clutter (channels 30–110) and the grey distractors.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35), "green": (40, 190, 60), "blue": (40, 80, 235), "yellow": (235, 215, 40),
@@ -50,7 +51,8 @@ FAMILIES = ("textvqa", "pope", "sqa")
 
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 COLOR_QUESTION = "What color is the shape?"
-YESNO_QUESTION = "Is there {article} {color} shape in the image?"
+YESNO_QUESTION = "Is the colored shape a warm color?"
+WARM = ("red", "yellow", "orange", "pink")
 CHOICE_QUESTION = "What color is the colored shape?"
 CHOICE_CONTEXT = "Context: A picture of shapes."
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -59,22 +61,16 @@ LETTERS = "ABCD"
 
 @dataclass(frozen=True)
 class Scene:
-    """One picture: the target's colour, shape and box (x0, y0, x1, y1 in px, exclusive), plus the pixel seed.
-
-    ``present`` False: the target is not drawn (POPE's negatives: the object asked about is absent).
-    """
+    """One picture: the target's colour, shape and box (x0, y0, x1, y1 in px, exclusive), plus the pixel seed."""
 
     color: str
     shape: str
     box: tuple[int, int, int, int]
     distractors: tuple[tuple[str, tuple[int, int, int, int], int], ...]  # (shape, box, grey level)
     noise_seed: int
-    present: bool = True
 
     def target_patches(self) -> list[int]:
         """Raster indices of the patches the target's box touches (what a pruning method has to keep)."""
-        if not self.present:
-            return []
         x0, y0, x1, y1 = self.box
         cols = range(x0 // PATCH, (x1 - 1) // PATCH + 1)
         return [r * GRID + c for r in range(y0 // PATCH, (y1 - 1) // PATCH + 1) for c in cols]
@@ -86,11 +82,8 @@ def stream(seed: int, split: str, index: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
-def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE, present: bool = True) -> Scene:
-    """A random scene: the target (side drawn from ``target_side`` px) anywhere, distractors anywhere not over it.
-
-    ``present`` False leaves the target out of the picture (its place stays free of distractors all the same).
-    """
+def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE) -> Scene:
+    """A random scene: the target (side drawn from ``target_side`` px) anywhere, distractors anywhere not over it."""
     side = rng.randint(*target_side)
     x0, y0 = rng.randrange(IMAGE_SIZE - side), rng.randrange(IMAGE_SIZE - side)
     box = (x0, y0, x0 + side, y0 + side)
@@ -101,7 +94,7 @@ def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE, p
         if dx < box[2] + 4 and box[0] < dx + d + 4 and dy < box[3] + 4 and box[1] < dy + d + 4:
             continue  # keep the target whole
         distractors.append((rng.choice(SHAPES), (dx, dy, dx + d, dy + d), rng.randint(120, 200)))
-    return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), box, tuple(distractors), rng.randrange(2**31), present)
+    return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), box, tuple(distractors), rng.randrange(2**31))
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
@@ -125,8 +118,7 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for shape, box, grey in scene.distractors:
         _draw_shape(draw, shape, box, (grey, grey, grey))
-    if scene.present:
-        _draw_shape(draw, scene.shape, scene.box, COLORS[scene.color])
+    _draw_shape(draw, scene.shape, scene.box, COLORS[scene.color])
     return img
 
 
@@ -144,13 +136,16 @@ class Question:
 
 
 def make_question(family: str, scene: Scene) -> Question:
-    """A question of ``family`` about ``scene``'s target colour: short answer, yes/no or one of 4 choices."""
+    """A question of ``family`` about ``scene``'s target colour: short answer, yes/no or one of 4 choices.
+
+    The yes/no question is one fixed question, not POPE's "Is there a <colour> shape?" about varying colours: there
+    the answer hangs on the asked and the seen colour together (an XOR-like target), and a model this small trained
+    for minutes stays at chance on it (measured: 50 % after 450 steps, with the other families at 100 %).
+    """
     if family == "textvqa":
         return Question(family, COLOR_QUESTION + SHORT_SUFFIX, scene.color)
-    if family == "pope":  # asks for the target's colour; the answer is whether the target is there
-        article = "an" if scene.color[0] in "aeiou" else "a"
-        text = YESNO_QUESTION.format(article=article, color=scene.color) + SHORT_SUFFIX
-        return Question(family, text, "Yes" if scene.present else "No")
+    if family == "pope":
+        return Question(family, YESNO_QUESTION + SHORT_SUFFIX, "Yes" if scene.color in WARM else "No")
     if family == "sqa":
         choices = choice_set(scene.color)
         options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
@@ -172,13 +167,10 @@ def choice_set(color: str) -> list[str]:
 
 def sample(seed: int, split: str, index: int, family: str | None = None,
            target_side: tuple[int, int] = TARGET_SIDE) -> tuple[Scene, Question]:
-    """Item ``index`` of ``split``: one question (of ``family``, or one drawn at random) and its scene.
-
-    Half of the yes/no questions are POPE's negatives: their scene has no target at all.
-    """
+    """Item ``index`` of ``split``: one question (of ``family``, or one drawn at random) and its scene."""
     rng = stream(seed, split, index)
     family = family or rng.choice(FAMILIES)
-    scene = make_scene(rng, target_side, present=family != "pope" or rng.random() < 0.5)
+    scene = make_scene(rng, target_side)
     return scene, make_question(family, scene)
 
 
@@ -196,7 +188,7 @@ def tokenizer_corpus() -> list[str]:
     lines = [f"{system} USER: <image>\n{COLOR_QUESTION}{SHORT_SUFFIX} ASSISTANT: red</s>",
              CHOICE_CONTEXT, CHOICE_QUESTION, CHOICE_INSTRUCTION,
              "Yes No yes no", " ".join(f"{LETTERS[i % 4]}. {w}" for i, w in enumerate(words))]
-    lines += [YESNO_QUESTION.format(article=a, color=c) for c in COLORS for a in ("a", "an")]
+    lines += [YESNO_QUESTION, " ".join(WARM)]
     return lines + words
 
 
