@@ -1,0 +1,361 @@
+"""The toy world's demo: FasterVLM against the baselines on a trained tiny LLaVA, in about a minute on a CPU.
+
+    python -m llava.tools.toy_demo [--out playground/demo] [--methods ...] [--tokens 576 144 58 29]
+
+Loads the toy checkpoint (shipped in ``llava/toy/llava-v1.5-toy``; trained into ``checkpoints/llava-v1.5-toy``
+by ``llava.tools.train_toy`` if the package lacks it), writes the held-out toy benchmarks
+(``llava.tools.toy_world``: TextVQA-, POPE- and ScienceQA-format questions about one small coloured shape), then
+for every method and budget answers them through the benchmark CLIs' own loop (``llava.eval.runner.run`` on the
+CLIs' ``Sample`` lists, greedy, ``vicuna_v1``) and scores them with the benchmarks' own scorers. It prints a
+table of accuracy per method and budget with the average visual tokens and the prefill speed-up (timed in this
+run, batch 1, against the unpruned model), saves a plot, and writes ``OUT/results.json`` as
+``{"<method>": {"<tokens>": <accuracy in %>}}`` plus ``OUT/details.json`` (per family, tokens, timings).
+
+Accuracy is over all questions: a TextVQA question scores its soft VQA accuracy, a POPE question 1 when POPE's
+yes/no rule matches the label, a ScienceQA question 1 when ScienceQA's letter parser finds the right option.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import re
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llava.eval import eval_pope, eval_science_qa, eval_textvqa
+from llava.eval import model_vqa_loader, model_vqa_science
+from llava.eval.model_vqa_loader import build_parser, vqa_samples
+from llava.eval.runner import Sample, build_prompt, run
+from llava.eval.utils import ArgumentParser, InputError, cli, write_json
+from llava.pruning import available_methods
+from llava.tools import toy_world
+
+CKPT_NAME = "llava-v1.5-toy"
+SHIPPED = Path(__file__).resolve().parents[1] / "toy" / CKPT_NAME
+METHODS = ("fastervlm", "random", "patch-attn", "fastv")
+TOKENS = (576, 144, 58, 29)
+CONV_MODE = "vicuna_v1"
+# The targets of the toy world, on the held-out questions.
+TARGETS = {"unpruned": 90.0, "fastervlm_58_ratio": 0.9, "random_58_ratio": 0.75}
+
+
+def toy_checkpoint(cache: Path = Path("checkpoints") / CKPT_NAME) -> Path:
+    """The shipped toy checkpoint, else the one cached at ``cache``, which is trained first if absent."""
+    if (SHIPPED / "config.json").is_file():
+        return SHIPPED
+    if not (cache / "config.json").is_file():
+        from llava.tools.train_toy import train_toy
+
+        print(f"no shipped toy checkpoint; training one into {cache} (about 11 minutes on 2 cores, once)")
+        train_toy(cache)
+    return cache
+
+
+@dataclass(frozen=True)
+class Family:
+    """One toy benchmark: where its files are, which CLI module answers it, and its scorer."""
+
+    name: str
+    question_file: str  # relative to the data root
+    image_folder: str
+    module: ModuleType  # the benchmark's inference CLI (its load_samples and ANSWERS)
+
+    def args(self, data: Path, model_path: Path, answers: Path, method: str, tokens: int, batch_size: int,
+             device: str) -> argparse.Namespace:
+        """The CLI's arguments for one run, as ``scripts/_benchmarks.sh`` passes them, with 3 new tokens.
+
+        The method is set after parsing: the CLI's choices are the methods registered when the runner was
+        imported, and a method registered later (``--import``, a notebook, a test) must run too.
+        """
+        args = build_parser(__doc__, max_new_tokens=3).parse_args([
+            "--question-file", str(data / self.question_file), "--image-folder", str(data / self.image_folder),
+            "--model-path", str(model_path), "--answers-file", str(answers), "--overwrite", "--temperature", "0",
+            "--conv-mode", CONV_MODE, "--visual-token-num", str(tokens), "--batch-size", str(batch_size),
+            "--device", device])
+        args.pruning_method = method
+        args.single_pred_prompt = True  # read by ScienceQA's loader only: its letter instruction, as bench_sqa
+        return args
+
+    def score(self, data: Path, answers: Path) -> tuple[float, int]:
+        """(points, questions) of an answers file, by the benchmark's own scorer."""
+        if self.name == "textvqa":
+            n, acc, _ = eval_textvqa.evaluate(str(data / "textvqa" / "TextVQA_0.5.1_val.json"), str(answers),
+                                              str(data / self.question_file))
+            return acc * n / 100, n
+        if self.name == "pope":
+            splits, _ = eval_pope.evaluate(str(data / "pope" / "coco"), str(data / self.question_file), str(answers))
+            return sum(s.tp + s.tn for s in splits.values()), sum(s.total for s in splits.values())
+        options = list(toy_world.LETTERS)
+        problems = eval_science_qa.load_problems(str(data / "sqa"), None, "test", options)
+        _, result = eval_science_qa.evaluate(problems, eval_science_qa.load_predictions(str(answers)), options)
+        return result["correct"], result["count"]
+
+
+FAMILIES = (
+    Family("textvqa", "textvqa/llava_textvqa_val_v051_ocr.jsonl", "textvqa/train_images", model_vqa_loader),
+    Family("pope", "pope/llava_pope_test.jsonl", "pope/val2014", model_vqa_loader),
+    Family("sqa", "sqa/llava_test_CQM-A.json", "sqa/images/test", model_vqa_science),
+)
+
+
+def answer(args: argparse.Namespace, family: Family) -> float:
+    """Run the CLI's inference loop quietly (its bars and log go to a buffer); the average visual tokens it reports."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run(args, family.module.load_samples, family.module.ANSWERS)
+    except Exception:
+        sys.stderr.write(err.getvalue()[-3000:])
+        raise
+    found = re.search(r"Average number of visual tokens: ([\d.]+)", out.getvalue())
+    if not found:
+        raise RuntimeError(f"the inference loop reported no visual-token count:\n{out.getvalue()[-2000:]}")
+    return float(found.group(1))
+
+
+def prefill_ms(model_path: Path, sample: Sample, cells: list[tuple[str, int]], device: str,
+               repeats: int = 7) -> tuple[float, dict[tuple[str, int], float]]:
+    """Median batch-1 prefill time (vision tower to first logits) of the unpruned model and of every cell.
+
+    The cells take turns within each round (``llava.bench.latency.interleave``), so load from other processes
+    lands on all of them alike.
+    """
+    from llava.bench.latency import interleave, timed
+    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.model.builder import load_pretrained_model
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(model_path), None, CKPT_NAME, device=device)
+    image = sample.media()
+    ids = tokenizer_image_token(build_prompt(sample.question, 1, CONV_MODE, False), tokenizer, return_tensors="pt")
+    ids = ids[None].to(model.device)
+    pixels = process_images([image], processor, model.config).to(model.device, model.dtype)
+
+    @torch.inference_mode()
+    def prefill(method: str, tokens: int | None) -> float:
+        model.set_pruning_method(method)
+        model.set_visual_token_num(tokens)
+        return timed(lambda: model(ids, images=pixels, image_sizes=[image.size], use_cache=True, logits_to_keep=1),
+                     model.device)[0] * 1e3
+
+    cases = [partial(prefill, "fastervlm", None)] + [partial(prefill, m, t) for m, t in cells]
+    times, _ = interleave(cases, warmup=2, repeats=repeats)
+    medians = [statistics.median(t) for t in times]
+    return medians[0], dict(zip(cells, medians[1:]))
+
+
+def plot(results: dict, speedups: dict, path: Path) -> None:
+    """Accuracy against kept tokens per method (left), prefill speed-up (right), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, speed_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method, by_tokens in results.items():
+        tokens = sorted(int(t) for t in by_tokens)
+        acc_ax.plot(tokens, [by_tokens[str(t)] for t in tokens], marker="o", label=method)
+        speed_ax.plot(tokens, [speedups[method][str(t)] for t in tokens], marker="o", label=method)
+    for ax, label in ((acc_ax, "accuracy (%)"), (speed_ax, "prefill speed-up (×, batch 1)")):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({int(t) for r in results.values() for t in r}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set(xlabel="visual tokens kept per image", ylabel=label)
+        ax.grid(alpha=0.3)
+    acc_ax.set_ylim(0, 100)
+    acc_ax.legend()
+    acc_ax.set_title("toy world: accuracy on held-out questions")
+    speed_ax.set_title("prefill (tower to first logits)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def check_targets(results: dict) -> list[dict]:
+    """The toy world's three targets (name, value, requirement, met), for the cells the results have."""
+    full = results.get("fastervlm", {}).get("576")
+    if not full:
+        return []
+    checks = [{"name": "unpruned accuracy (%)", "value": full, "requirement": f">= {TARGETS['unpruned']:.0f}",
+               "met": full >= TARGETS["unpruned"]}]
+    for method, sign in (("fastervlm", ">="), ("random", "<=")):
+        at58 = results.get(method, {}).get("58")
+        if at58 is not None:
+            bound = TARGETS[f"{method}_58_ratio"]
+            ratio = at58 / full
+            checks.append({"name": f"{method} at 58 / unpruned", "value": ratio, "requirement": f"{sign} {bound}",
+                           "met": ratio >= bound if sign == ">=" else ratio <= bound})
+    return checks
+
+
+def evaluate_cell(data: Path, model_path: Path, method: str, tokens: int, batch_size: int = 32,
+                  device: str = "cpu") -> dict:
+    """Answer and score every toy benchmark under ``data`` with one method and budget.
+
+    Returns ``accuracy`` (% over all questions), ``per_family`` (%), ``questions`` and ``avg_visual_tokens`` (what
+    the inference loop reports: for an in-LLM method, what enters the LLM). The answers go where the scripts put
+    them: ``<bench>/answers/<ckpt>/<method>/n_<tokens>/merge.jsonl``, overwritten.
+    """
+    points = total = visual = 0.0
+    per_family = {}
+    for fam in FAMILIES:
+        answers = data / fam.name / "answers" / model_path.name / method / f"n_{tokens}" / "merge.jsonl"
+        count = answer(fam.args(data, model_path, answers, method, tokens, batch_size, device), fam)
+        p, n = fam.score(data, answers)
+        per_family[fam.name] = 100 * p / n
+        points, total, visual = points + p, total + n, visual + count * n
+    return {"accuracy": 100 * points / total, "per_family": per_family, "questions": int(total),
+            "avg_visual_tokens": visual / total}
+
+
+def usable_methods(methods) -> tuple[list[str], dict[str, str]]:
+    """The methods this install can run, and why each other one is skipped (in-LLM methods need a newer
+    transformers; the demo says so instead of failing after the other cells)."""
+    from llava.pruning import InLLMPruningMethod, get_method
+    from llava.pruning.llm import check_supported
+
+    usable, skipped = [], {}
+    for m in methods:
+        try:
+            if isinstance(get_method(m), InLLMPruningMethod):
+                check_supported()
+        except NotImplementedError as err:
+            skipped[m] = str(err)
+        else:
+            usable.append(m)
+    return usable, skipped
+
+
+def run_demo(out: Path, data: Path, model_path: Path | None = None, methods=METHODS, tokens=TOKENS, seed: int = 1,
+             questions: int = 510, batch_size: int = 32, device: str = "cpu", threads: int | None = None) -> dict:
+    """Evaluate every (method, tokens) cell with the benchmarks under ``data``; returns what ``details.json`` holds.
+
+    A budget of all 576 patches prunes nothing, whatever the method: that column is one unpruned run, shown for
+    every method.
+    """
+    start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    model_path = model_path or toy_checkpoint()
+    methods, skipped = usable_methods(methods)
+    for m, why in skipped.items():
+        print(f"skipping {m}: {why}")
+    if not methods:
+        raise InputError(f"none of the methods can run here: {skipped}")
+    stamp = {"seed": seed, "questions_per_family": -(-questions // len(toy_world.FAMILIES))}
+    if not (data / "toy_world.json").is_file() or json.loads((data / "toy_world.json").read_text()) != stamp:
+        shutil.rmtree(data, ignore_errors=True)
+        toy_world.make_toy_benchmarks(data, seed, questions)
+
+    pruned = [(m, t) for m in methods for t in tokens if t < toy_world.PATCHES]
+    runs = ([(methods[0], toy_world.PATCHES)] if toy_world.PATCHES in tokens else []) + pruned
+    results: dict = {m: {} for m in methods}
+    details: dict = {"model_path": str(model_path), "cells": {}, "skipped": skipped}
+    bar = tqdm(runs, desc="toy world: methods x budgets", unit="cell")
+    for method, budget in bar:
+        cell = evaluate_cell(data, model_path, method, budget, batch_size, device)
+        for m in (methods if budget == toy_world.PATCHES else [method]):
+            results[m][str(budget)] = round(cell["accuracy"], 2)
+            details["cells"][f"{m}/{budget}"] = cell
+        details["questions"] = cell["questions"]
+        bar.set_postfix(last=f"{method}@{budget}={cell['accuracy']:.1f}%")
+    results = {m: {str(t): results[m][str(t)] for t in tokens} for m in methods}
+    eval_s = time.perf_counter() - start
+
+    cells = [(m, t) for m in methods for t in tokens]
+    first = FAMILIES[0]
+    sample = vqa_samples(str(data / first.question_file), str(data / first.image_folder))[0]
+    base_ms, cell_ms = prefill_ms(model_path, sample, cells, device)
+    speedups = {m: {str(t): base_ms / cell_ms[m, t] for t in tokens} for m in methods}
+    for (m, t), ms in cell_ms.items():
+        details["cells"][f"{m}/{t}"] = {**details["cells"][f"{m}/{t}"], "prefill_ms": ms, "prefill_speedup": base_ms / ms}
+    details.update(unpruned_prefill_ms=base_ms, eval_wall_s=eval_s, wall_s=time.perf_counter() - start,
+                   targets=check_targets(results))
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results, indent=2)
+    write_json(out / "details.json", details, indent=2)
+    plot(results, speedups, out / "accuracy.png")
+    print_report(results, details, out)
+    return details
+
+
+def print_report(results: dict, details: dict, out: Path) -> None:
+    """The accuracy matrix, the per-cell table and the targets, as markdown."""
+    methods = list(results)
+    tokens = list(next(iter(results.values())))
+    print(f"\nToy world: {details['questions']} held-out questions (TextVQA / POPE / ScienceQA formats), "
+          f"checkpoint {details['model_path']}\n")
+    print("| accuracy (%) | " + " | ".join(f"{t} tokens" for t in tokens) + " |")
+    print("|---|" + "---:|" * len(tokens))
+    for m in methods:
+        print(f"| {m} | " + " | ".join(f"{results[m][t]:.1f}" for t in tokens) + " |")
+    print("\n| method | tokens | accuracy (%) | TextVQA | POPE | ScienceQA | avg visual tokens | prefill (ms) | prefill × |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for m in methods:
+        for t in tokens:
+            c = details["cells"][f"{m}/{t}"]
+            f = c["per_family"]
+            print(f"| {m} | {t} | {c['accuracy']:.1f} | {f['textvqa']:.1f} | {f['pope']:.1f} | {f['sqa']:.1f} "
+                  f"| {c['avg_visual_tokens']:.0f} | {c['prefill_ms']:.1f} | {c['prefill_speedup']:.2f}x |")
+    if "fastv" in results:
+        print("\nfastv prunes inside the LLM: all 576 visual tokens enter it, the budget remains from layer 2 on.")
+    if str(toy_world.PATCHES) in tokens:
+        print(f"{toy_world.PATCHES} tokens keep every patch: one unpruned run, the same for every method.")
+    for m, why in details["skipped"].items():
+        print(f"Skipped {m}: {why}")
+    print(f"Unpruned prefill: {details['unpruned_prefill_ms']:.1f} ms (batch 1, median); evaluation "
+          f"{details['eval_wall_s']:.0f} s, all {details['wall_s']:.0f} s.")
+    for t in details["targets"]:
+        print(f"target {t['name']}: {t['value']:.3g} ({t['requirement']}): {'met' if t['met'] else 'NOT met'}")
+    print(f"\nWrote {out / 'results.json'}, {out / 'details.json'} and {out / 'accuracy.png'}")
+
+
+def main() -> None:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("playground/demo"),
+                        help="folder for results.json, details.json and accuracy.png (default playground/demo)")
+    parser.add_argument("--data", type=Path, default=Path("playground/data/toy"),
+                        help="folder for the toy benchmarks and their answers, in the layout of playground/data/eval "
+                             "(default playground/data/toy; rewritten when --seed or --questions change)")
+    parser.add_argument("--model-path", type=Path, default=None,
+                        help=f"toy checkpoint (default: the shipped one, else checkpoints/{CKPT_NAME}, trained if "
+                             "absent)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help=f"pruning methods to compare (default: {' '.join(METHODS)}); any registered name works")
+    parser.add_argument("--import", dest="imports", nargs="+", default=[], metavar="MODULE",
+                        help="modules to import first, e.g. one defining your own @register'ed pruning method")
+    parser.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS),
+                        help=f"visual tokens kept per image (default: {' '.join(map(str, TOKENS))})")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the held-out questions (default 1)")
+    parser.add_argument("--questions", type=int, default=510,
+                        help="held-out questions, split evenly over the three benchmarks (default 510)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="questions per forward (default 32; within a toy benchmark every prompt has the same "
+                             "length, so the answers equal batch 1's)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 gives steadier timings on a busy machine")
+    args = parser.parse_args()
+    for module in args.imports:
+        importlib.import_module(module)
+    unknown = [m for m in args.methods if m not in available_methods()]
+    if unknown:
+        parser.error(f"unknown pruning method(s) {', '.join(unknown)} (registered: {', '.join(available_methods())})")
+    run_demo(args.out, args.data, args.model_path, tuple(args.methods), tuple(args.tokens), args.seed, args.questions,
+             args.batch_size, args.device, args.threads)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -1,0 +1,221 @@
+"""The toy world: its data generator, its training entry point, and the shipped checkpoint's accuracy per method.
+
+The accuracy test runs the shipped toy LLaVA through the benchmark CLIs' inference loop and the benchmarks'
+scorers on the first questions of the held-out toy benchmarks, and checks FasterVLM's claim there: keeping the
+[CLS]-attended tokens keeps the accuracy, keeping random ones does not. A method keeping the *least* attended
+tokens, registered only inside the test, fails the same check.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import llava.pruning
+from llava.eval import eval_pope, eval_science_qa, eval_textvqa
+from llava.eval.runner import build_prompt
+from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model, load_tokenizer
+from llava.pruning import PruningMethod, TowerOutputs, TowerRequest, register, select_topk_raster
+from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor
+from llava.tools import toy_demo, toy_world, train_toy
+
+SHIPPED = toy_demo.SHIPPED
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "config.json").is_file(),
+                                   reason=f"no shipped toy checkpoint at {SHIPPED}")
+
+# The CI subset: the first SUBSET questions of each held-out toy benchmark (seed 1), 3 × SUBSET in all.
+SUBSET = 40
+# Accuracy (%) of the shipped checkpoint on the CI subset, CPU fp32. The answers are deterministic; the tolerance
+# covers other CPUs and BLAS builds flipping a near-tie (one question is 0.83 points).
+EXPECTED = {("fastervlm", 576): 100.0, ("fastervlm", 58): 100.0, ("random", 58): 61.67}
+TOLERANCE = 3.5
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``root``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generator_is_deterministic_and_writes_the_real_formats(tmp_path):
+    a = toy_world.make_toy_benchmarks(tmp_path / "a", seed=3, questions=12)
+    b = toy_world.make_toy_benchmarks(tmp_path / "b", seed=3, questions=12)
+    assert _tree(a) == _tree(b)
+    assert _tree(a) != _tree(toy_world.make_toy_benchmarks(tmp_path / "c", seed=4, questions=12))
+
+    # Every file is read by the project's own readers, and every image is LLaVA-1.5's 336 px.
+    textvqa = [json.loads(l) for l in (a / "textvqa/llava_textvqa_val_v051_ocr.jsonl").read_text().splitlines()]
+    pope = [json.loads(l) for l in (a / "pope/llava_pope_test.jsonl").read_text().splitlines()]
+    sqa = json.loads((a / "sqa/llava_test_CQM-A.json").read_text())
+    assert len(textvqa) == len(pope) == len(sqa) == 4
+    images = ([a / "textvqa/train_images" / q["image"] for q in textvqa] + [a / "pope/val2014" / q["image"] for q in pope]
+              + [a / "sqa/images/test" / q["image"] for q in sqa])
+    assert all(Image.open(p).size == (336, 336) for p in images)
+    assert len(eval_textvqa.load_annotations(str(a / "textvqa/TextVQA_0.5.1_val.json"))) == 4
+    assert len(eval_pope.load_questions(str(a / "pope/coco"), str(a / "pope/llava_pope_test.jsonl"))) == 4
+    assert len(eval_science_qa.load_problems(str(a / "sqa"), None, "test", list("ABCD"))) == 4
+
+    # The ground truth's own answers score 100 % with each benchmark's scorer, and a wrong one 0 %.
+    gt = {q["question_id"]: ann for q, ann in zip(textvqa, json.loads(
+        (a / "textvqa/TextVQA_0.5.1_val.json").read_text())["data"])}
+    for text in (lambda q: gt[q["question_id"]]["answers"][0], lambda q: "nothing"):
+        path = tmp_path / "textvqa.jsonl"
+        path.write_text("".join(json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": text(q)})
+                                + "\n" for q in textvqa))
+        _, acc, _ = eval_textvqa.evaluate(str(a / "textvqa/TextVQA_0.5.1_val.json"), str(path))
+        assert acc == (100.0 if text(textvqa[0]) != "nothing" else 0.0)
+    labels = {json.loads(l)["question_id"]: json.loads(l)["label"]
+              for l in (a / "pope/coco/coco_pope_random.json").read_text().splitlines()}
+    path = tmp_path / "pope.jsonl"
+    path.write_text("".join(json.dumps({"question_id": q["question_id"],
+                                        "text": labels[q["question_id"] - 10_000_000].capitalize()}) + "\n" for q in pope))
+    splits, _ = eval_pope.evaluate(str(a / "pope/coco"), str(a / "pope/llava_pope_test.jsonl"), str(path))
+    assert splits["random"].accuracy == 1.0
+    path = tmp_path / "sqa.jsonl"
+    path.write_text("".join(json.dumps({"question_id": q["id"], "prompt": q["conversations"][0]["value"],
+                                        "text": q["conversations"][1]["value"]}) + "\n" for q in sqa))
+    problems = eval_science_qa.load_problems(str(a / "sqa"), None, "test", list("ABCD"))
+    _, result = eval_science_qa.evaluate(problems, eval_science_qa.load_predictions(str(path)), list("ABCD"))
+    assert result["acc"] == 100.0
+
+
+def test_the_target_is_a_few_patches_and_the_fast_pixels_equal_process_images():
+    scenes = [toy_world.make_scene(toy_world.stream(0, "test", i)) for i in range(50)]
+    assert all(4 <= len(s.target_patches()) <= 16 for s in scenes)
+    processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    images = [toy_world.render(s) for s in scenes[:3]]
+    config = type("Config", (), {"image_aspect_ratio": "pad"})()
+    assert torch.allclose(train_toy.pixel_values(images), process_images(images, processor, config), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train(out: Path) -> Path:
+    train_toy.main(["--out", str(out), "--seed", "5", "--tower-steps", "2", "--llm-steps", "3", "--batch-size", "2",
+                    "--llm-batch-size", "3", "--threads", "1"])
+    return out
+
+
+def test_training_entry_point_writes_a_loadable_llava_deterministically(tmp_path):
+    a, b = _train(tmp_path / "a"), _train(tmp_path / "b")
+    for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                 "model-00002-of-00002.safetensors", "tokenizer.model", "tokenizer_config.json",
+                 "special_tokens_map.json", "vision_tower/config.json", "vision_tower/model.safetensors",
+                 "vision_tower/preprocessor_config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    log = json.loads((a / "training.json").read_text())
+    assert len(log["tower"]["loss"]) == 2 and len(log["llm"]["loss"]) == 3
+    config = json.loads((a / "config.json").read_text())
+    assert config["mm_vision_tower"] == "vision_tower" and config["architectures"] == ["LlavaLlamaForCausalLM"]
+
+    tokenizer, model, processor, _ = load_pretrained_model(str(a), None, "llava-v1.5-toy", device="cpu",
+                                                           visual_token_num=58)
+    scene, question = toy_world.sample(0, "test", 0, "textvqa")
+    image = toy_world.render(scene)
+    ids = tokenizer_image_token(build_prompt(question.text, 1, "vicuna_v1", False), tokenizer, return_tensors="pt")
+    out = model.generate(ids[None], images=process_images([image], processor, model.config), image_sizes=[image.size],
+                         do_sample=False, max_new_tokens=2)
+    assert out.shape[0] == 1 and model.last_pruning.visual_tokens == [58]
+
+
+# --------------------------------------------------------------------------- the shipped checkpoint
+
+
+@needs_shipped
+def test_every_prompt_of_a_toy_benchmark_has_one_length():
+    """What lets the demo batch: the runner sorts a batch by prompt length, a no-op here, so the questions are
+    answered in file order and ``random`` draws the same patches for each question as at batch size 1."""
+    tokenizer = load_tokenizer(SHIPPED)
+    for family in toy_world.FAMILIES:
+        lengths = set()
+        for i in range(100):
+            _, q = toy_world.sample(1, f"eval-{family}", i, family)
+            prompt = build_prompt(toy_world.training_prompt(q), 1, "vicuna_v1", False)
+            lengths.add(len(tokenizer_image_token(prompt, tokenizer)))
+            assert len(tokenizer(q.answer, add_special_tokens=False).input_ids) == 1
+        assert len(lengths) == 1, (family, lengths)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    return toy_world.make_toy_benchmarks(tmp_path_factory.mktemp("toy"), seed=1, questions=3 * SUBSET)
+
+
+@dataclass
+class BottomK(PruningMethod):
+    """The wrong tokens: the k patches the [CLS] token attends to *least*, in raster order."""
+
+    name = "bottom-k-cls"
+    tower_request = TowerRequest(cls_attn=True)
+
+    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return tower.features, select_topk_raster(-tower.cls_scores.float(), k)
+
+
+@pytest.fixture
+def bottom_k(monkeypatch):
+    """``bottom-k-cls`` registered for this test only (a copy of the registry is patched in)."""
+    monkeypatch.setattr(llava.pruning, "_METHODS", dict(llava.pruning._METHODS))
+    register(BottomK)
+    return BottomK.name
+
+
+@needs_shipped
+@pytest.mark.parametrize("method, tokens", sorted(EXPECTED))
+def test_shipped_checkpoint_accuracy(toy_data, method, tokens):
+    cell = toy_demo.evaluate_cell(toy_data, SHIPPED, method, tokens, batch_size=40)
+    assert cell["questions"] == 3 * SUBSET
+    assert abs(cell["accuracy"] - EXPECTED[method, tokens]) <= TOLERANCE, (method, tokens, cell)
+
+
+@needs_shipped
+def test_fastervlm_claim_on_the_subset_and_a_wrong_method_fails_it(toy_data, bottom_k):
+    full = EXPECTED["fastervlm", 576]
+    assert EXPECTED["fastervlm", 58] >= 0.9 * full and EXPECTED["random", 58] <= 0.75 * full
+    # The bottom-k tokens lose the target: the 58-token check of the shipped checkpoint fails for them.
+    cell = toy_demo.evaluate_cell(toy_data, SHIPPED, bottom_k, 58, batch_size=40)
+    assert abs(cell["accuracy"] - EXPECTED["fastervlm", 58]) > TOLERANCE
+    assert cell["accuracy"] < 0.75 * full
+
+
+def answer_texts(toy_data: Path, method: str, tokens: int) -> list[tuple]:
+    """(benchmark, question_id, text) of every answer of the last run of ``method`` at ``tokens``."""
+    rows = []
+    for fam in toy_demo.FAMILIES:
+        path = toy_data / fam.name / "answers" / SHIPPED.name / method / f"n_{tokens}" / "merge.jsonl"
+        rows += [(fam.name, json.loads(l)["question_id"], json.loads(l)["text"]) for l in path.read_text().splitlines()]
+    return rows
+
+
+@needs_shipped
+def test_batched_answers_equal_batch_one(toy_data):
+    """The demo batches; each answer, random's patches included, is what batch size 1 gives."""
+    toy_demo.evaluate_cell(toy_data, SHIPPED, "random", 58, batch_size=1)
+    one = answer_texts(toy_data, "random", 58)
+    toy_demo.evaluate_cell(toy_data, SHIPPED, "random", 58, batch_size=40)
+    assert answer_texts(toy_data, "random", 58) == one
+
+
+@needs_shipped
+def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
+    details = toy_demo.run_demo(tmp_path / "demo", tmp_path / "data", methods=("fastervlm", "random"),
+                                tokens=(576, 58), questions=6, batch_size=2)
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(results) == {"fastervlm", "random"} and all(set(r) == {"576", "58"} for r in results.values())
+    # 576 of 576 patches prunes nothing: one unpruned run stands for every method.
+    assert results["fastervlm"]["576"] == results["random"]["576"] == round(details["cells"]["random/576"]["accuracy"], 2)
+    assert details["questions"] == 6 and details["cells"]["random/58"]["avg_visual_tokens"] == 58
+    assert (tmp_path / "demo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "| fastervlm | " in out and "prefill" in out and "target unpruned accuracy" in out
