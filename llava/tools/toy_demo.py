@@ -322,7 +322,7 @@ def print_report(results: dict, details: dict, out: Path) -> None:
     print(f"\nWrote {out / 'results.json'}, {out / 'details.json'} and {out / 'accuracy.png'}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("playground/demo"),
                         help="folder for results.json, details.json and accuracy.png (default playground/demo)")
@@ -347,7 +347,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 gives steadier timings on a busy machine")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for module in args.imports:
         importlib.import_module(module)
     unknown = [m for m in args.methods if m not in available_methods()]

@@ -272,7 +272,7 @@ def make_toy_benchmarks(root: str | Path, seed: int = 1, questions: int = 510) -
     return root
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", help="benchmark root to fill (textvqa/, pope/, sqa/ as in playground/data/eval)")
     parser.add_argument("--seed", type=int, default=1,
@@ -280,7 +280,7 @@ def main() -> None:
                              "training stream, which no evaluation split shares)")
     parser.add_argument("--questions", type=int, default=510,
                         help="held-out questions in all, split evenly over textvqa, pope and sqa (default 510)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"toy benchmarks written to {make_toy_benchmarks(args.out_dir, args.seed, args.questions)}")
 
 
