@@ -6,7 +6,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from llava.model.builder import load_pretrained_model
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor, CLIPVisionTower
 from llava.pruning.base import select_topk_raster
 from reference import kept_set_agreement  # also registers attn_implementation="eager_437"
 
@@ -125,3 +125,29 @@ def test_cls_attn_arithmetic_reaches_the_tower(tiny_ckpt):
     assert model.get_vision_tower().cls_attn_arithmetic == model.config.cls_attn_arithmetic == "upstream"
     with pytest.raises(ValueError, match="cls_attn_arithmetic 'fp16'"):
         load_pretrained_model(str(tiny_ckpt), device="cpu", cls_attn_arithmetic="fp16")
+
+
+@pytest.mark.parametrize("prefix", ["vision_model.", ""])
+def test_tower_weights_under_other_keys_are_refused_not_randomised(tmp_path, prefix):
+    """A tower file whose keys CLIPVisionModel does not read would load as random weights with only a warning
+    (transformers 4.x reading transformers 5's flat keys did so): the loader names the folder instead."""
+    from safetensors.torch import save_file
+    from types import SimpleNamespace
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=14)
+    model = CLIPVisionModel(config)
+    config.save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(tmp_path)
+    state = {k.removeprefix("vision_model."): v.contiguous() for k, v in model.state_dict().items()}
+    save_file({f"{prefix}{k}" if prefix else f"tower.{k}": v for k, v in state.items()}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    args = SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch")
+    tower = CLIPVisionTower(str(tmp_path), args, delay_load=True)
+    if prefix:  # openai's layout: every release reads it
+        tower.load_model()
+        loaded = {k.removeprefix("vision_model."): v for k, v in tower.vision_tower.state_dict().items()}
+        assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    else:
+        with pytest.raises(OSError, match=rf"{tmp_path}.*lacks \d+ weights"):
+            tower.load_model()

@@ -163,6 +163,21 @@ def cls_recall(tower, seed: int, images: int = 128, k: int = 58) -> tuple[float,
     return float(np.mean(found)), float(np.mean([f > 0 for f in found]))
 
 
+def save_tower(tower, folder: Path) -> None:
+    """The tower's config and weights, the weights keyed as openai's CLIP checkpoints key them (``vision_model.*``).
+
+    transformers 5's ``save_pretrained`` writes a CLIPVisionModel's keys flat, and transformers 4.x loads such a
+    file as a randomly initialised tower (the loader now refuses it); this layout every release reads.
+    """
+    from safetensors.torch import save_file
+
+    tower.config.architectures = ["CLIPVisionModel"]
+    tower.config.save_pretrained(folder)
+    state = {(k if k.startswith("vision_model.") else f"vision_model.{k}"): v.contiguous()
+             for k, v in tower.state_dict().items()}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def llava_config(vocab_size: int) -> dict:
     """``config.json`` of a liuhaotian LLaVA-1.5 checkpoint, at the toy sizes."""
     return {
@@ -332,7 +347,7 @@ def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int = 200, llm_st
     log: dict = {}
     tower = train_tower(seed, tower_steps, batch_size, tower_lr, log)
     side = TOWER["image_size"]
-    tower.save_pretrained(out_dir / "vision_tower")
+    save_tower(tower, out_dir / "vision_tower")
     CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(
         out_dir / "vision_tower")
     stage1 = time.perf_counter() - wall

@@ -198,10 +198,18 @@ class CLIPVisionTower(nn.Module):
             return
         try:
             self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name)
-            self.vision_tower = CLIPVisionModel.from_pretrained(
-                self.vision_tower_name, device_map=device_map, **({"dtype": torch_dtype} if torch_dtype else {}))
+            self.vision_tower, info = CLIPVisionModel.from_pretrained(
+                self.vision_tower_name, device_map=device_map, output_loading_info=True,
+                **({"dtype": torch_dtype} if torch_dtype else {}))
         except OSError as e:
             raise OSError(f"cannot load the vision tower {self.vision_tower_name!r} named by mm_vision_tower: {e}") from None
+        # transformers only warns about missing weights and starts them at random; every answer would be noise.
+        # (transformers 4.x does not read the flat keys transformers 5 writes for a CLIPVisionModel, for one.)
+        if info["missing_keys"]:
+            missing = sorted(info["missing_keys"])
+            raise OSError(f"the vision tower {self.vision_tower_name!r} named by mm_vision_tower lacks {len(missing)} "
+                          f"weights (e.g. {', '.join(missing[:3])}), which transformers would start at random; "
+                          "store them under the keys CLIPVisionModel expects (vision_model.*)")
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
