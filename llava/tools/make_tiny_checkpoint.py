@@ -55,13 +55,14 @@ _CORPUS = [
 ]
 
 
-def train_tokenizer(out_dir: Path) -> int:
-    """Train a LLaMA-style BPE sentencepiece model (byte fallback, <unk>/<s>/</s> = 0/1/2); returns vocab size."""
+def train_tokenizer(out_dir: Path, corpus: list[str] = _CORPUS, vocab_size: int = VOCAB_SIZE) -> int:
+    """Train a LLaMA-style BPE sentencepiece model of ``corpus`` (byte fallback, <unk>/<s>/</s> = 0/1/2) and write
+    it with LLaVA's tokenizer files; returns the vocabulary size."""
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 20), model_writer=model, vocab_size=VOCAB_SIZE, model_type="bpe",
+        sentence_iterator=iter(corpus * 20), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, split_digits=True,
         character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True, hard_vocab_limit=False, minloglevel=2)

@@ -22,7 +22,6 @@ and an index), the sentencepiece tokenizer, ``vision_tower/`` (fp32 CLIP weights
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import random
@@ -42,7 +41,7 @@ from llava.eval.utils import ArgumentParser, cli
 from llava.mm_utils import tokenizer_image_token
 from llava.pruning import PruningMethod, TowerOutputs, select_topk_raster
 from llava.tools import toy_world
-from llava.tools.make_tiny_checkpoint import _save_sharded
+from llava.tools.make_tiny_checkpoint import _save_sharded, train_tokenizer
 
 # The tower: LLaVA and FasterVLM read layer -2, the first here; the last layer is never run by LLaVA and never
 # trained (see train_tower). Four heads of 16 dims: [CLS] then has a target patch among its top 29 in every image
@@ -55,29 +54,6 @@ LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_atten
 VOCAB_SIZE = 640
 CONV_MODE = "vicuna_v1"
 COLORS = list(toy_world.COLORS)
-
-
-def train_tokenizer(out_dir: Path) -> int:
-    """A LLaMA-style BPE sentencepiece model of the toy vocabulary (byte fallback, <unk>/<s>/</s> = 0/1/2).
-
-    Written with LLaVA's tokenizer files; returns the vocabulary size.
-    """
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(toy_world.tokenizer_corpus() * 20), model_writer=model, vocab_size=VOCAB_SIZE,
-        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True,
-        split_digits=True, character_coverage=1.0, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, hard_vocab_limit=False, minloglevel=2)
-    (out_dir / "tokenizer.model").write_bytes(model.getvalue())
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        **specials, "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-        "legacy": False, "model_max_length": 2048, "pad_token": None, "padding_side": "right",
-        "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer"}, indent=2))
-    return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
 def pixel_values(images: list[Image.Image]) -> torch.Tensor:
@@ -341,7 +317,7 @@ def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int = 200, llm_st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wall, cpu = time.perf_counter(), time.process_time()
-    vocab_size = train_tokenizer(out_dir)
+    vocab_size = train_tokenizer(out_dir, toy_world.tokenizer_corpus(), VOCAB_SIZE)
     tokenizer = load_tokenizer(out_dir)
 
     log: dict = {}
