@@ -219,3 +219,4 @@ def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "demo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "| fastervlm | " in out and "prefill" in out and "target unpruned accuracy" in out
+    assert "these 6 only indicate" in out
