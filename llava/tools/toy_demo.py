@@ -59,7 +59,7 @@ def toy_checkpoint(cache: Path = Path("checkpoints") / CKPT_NAME) -> Path:
     if not (cache / "config.json").is_file():
         from llava.tools.train_toy import train_toy
 
-        print(f"no shipped toy checkpoint; training one into {cache} (about 11 minutes on 2 cores, once)")
+        print(f"no shipped toy checkpoint; training one into {cache} (about 9 minutes on 2 cores, once)")
         train_toy(cache)
     return cache
 
