@@ -389,8 +389,9 @@ def check_args(args) -> None:
 
 def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: AnswerFormat = AnswerFormat(),
         extra_settings: dict | None = None, postprocess: Callable[[str], str] | None = None,
-        processor_key: str | None = None) -> None:
-    """Answer this chunk of ``loader(args)`` into ``args.answers_file`` (see the module docstring).
+        processor_key: str | None = None) -> list[int]:
+    """Answer this chunk of ``loader(args)`` into ``args.answers_file`` (see the module docstring); returns the
+    visual-token count of each answer this call wrote (none when the chunk was already answered).
 
     ``extra_settings`` go into the manifest's ``settings.task`` (e.g. the video decoder); ``postprocess`` edits each
     decoded answer; ``processor_key`` picks one processor when the loader returns several (Video-LLaVA's ``video``).
@@ -414,7 +415,7 @@ def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: Ans
     if not todo:
         print(f"{answers_file}: all {len(chunk)} questions of this chunk are answered")
         _rewrite_in_question_order(answers_file, chunk, answers.key_fields)
-        return
+        return []
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -466,6 +467,7 @@ def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: Ans
         raise InputError(f"all {len(skipped)} images/videos to answer are missing or unreadable, e.g. "
                          f"{next(iter(skipped.values()))['error']}; check the folder arguments")
     _rewrite_in_question_order(answers_file, chunk, answers.key_fields)
+    return visual_tokens
 
 
 def _load_media(batch: list[Sample], skip: bool, skipped: dict, bar) -> tuple[list[Sample], list]:
