@@ -33,7 +33,7 @@ from llava.eval.utils import InputError
 from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, get_model_name_from_path, process_images,
                             tokenizer_image_token)
 from llava.model.multimodal_encoder.clip_encoder import CLS_ATTN_ARITHMETICS
-from llava.pruning import InLLMPruningMethod, available_methods, cli_parameters, get_method, method_parameters
+from llava.pruning import available_methods, check_installed, cli_parameters, get_method, method_parameters
 
 PRUNING_METHODS = available_methods()
 
@@ -381,10 +381,7 @@ def check_args(args) -> None:
         method = get_method(args.pruning_method, **pruning_kwargs(args))  # bad values fail here, before any weights load
     except ValueError as e:
         raise InputError(str(e)) from None
-    if isinstance(method, InLLMPruningMethod):
-        from llava.pruning.llm import check_supported
-
-        check_supported()
+    check_installed(method)
 
 
 def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: AnswerFormat = AnswerFormat(),

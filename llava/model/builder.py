@@ -17,7 +17,7 @@ from llava.model import hf_format
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
 from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
-from llava.pruning import InLLMPruningMethod, get_method
+from llava.pruning import check_installed, get_method
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
 
@@ -236,10 +236,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     (``llava.model.hf_format``).
     """
     method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
-    if isinstance(method, InLLMPruningMethod):
-        from llava.pruning.llm import check_supported
-
-        check_supported()
+    check_installed(method)
     if is_video_llava(model_path):
         if method.name != "fastervlm":
             raise NotImplementedError(f"pruning method {method.name!r}: Video-LLaVA supports only fastervlm")

@@ -45,6 +45,15 @@ def get_method(name: str, **params: Any) -> PruningMethod:
     return _METHODS[name](**params)
 
 
+def check_installed(method: PruningMethod) -> None:
+    """Raise ``NotImplementedError`` naming the transformers release ``method`` needs, if this one is older
+    (in-LLM methods need 5.14); call it when the method is chosen, before any weights load."""
+    if isinstance(method, InLLMPruningMethod):
+        from llava.pruning.llm import check_supported
+
+        check_supported()
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIParameter:
     """A method parameter exposed as a CLI flag (several methods may share one flag)."""
@@ -83,4 +92,4 @@ from llava.pruning import fastv  # noqa: E402,F401  isort: skip
 from llava.pruning import adaptprune  # noqa: E402,F401  isort: skip
 
 __all__ = ["InLLMPruningMethod", "LLMPruningContext", "PruningMethod", "TowerOutputs", "TowerRequest",
-           "available_methods", "cli_parameters", "get_method", "method_parameters", "register", "select_topk_raster"]
+           "available_methods", "check_installed", "cli_parameters", "get_method", "method_parameters", "register", "select_topk_raster"]

@@ -221,14 +221,12 @@ def evaluate_cell(data: Path, model_path: Path, method: str, tokens: int, batch_
 def usable_methods(methods) -> tuple[list[str], dict[str, str]]:
     """The methods this install can run, and why each other one is skipped (in-LLM methods need a newer
     transformers; the demo says so instead of failing after the other cells)."""
-    from llava.pruning import InLLMPruningMethod, get_method
-    from llava.pruning.llm import check_supported
+    from llava.pruning import check_installed, get_method
 
     usable, skipped = [], {}
     for m in methods:
         try:
-            if isinstance(get_method(m), InLLMPruningMethod):
-                check_supported()
+            check_installed(get_method(m))
         except NotImplementedError as err:
             skipped[m] = str(err)
         else:
