@@ -79,8 +79,8 @@ def test_registry_names_methods_and_errors():
     with pytest.raises(ValueError, match=r"'fastv' has no parameter sigma_d"):
         get_method("fastv", sigma_d=1.0)
     with pytest.raises(ValueError, match="--fastv-k must be >= 1"):
-        get_method("fastv", k=0)
-    assert get_method("fastv").llm_layer == 2 and get_method("adaptprune", k=3).llm_layer == 3
+        get_method("fastv", layer=0)
+    assert get_method("fastv").llm_layer == 2 and get_method("adaptprune", layer=3).llm_layer == 3
     assert get_method("cls-llm-layer2").llm_layer == 2 and get_method("cls-merge").llm_layer is None
 
 
@@ -309,7 +309,7 @@ def reference_in_llm(method: str, params: dict, ckpt, llama, tower, ids, pixels,
 
 @pytest.mark.parametrize("method,params,image_last", [
     ("fastv", {}, False), ("fastv", {}, True), ("fastv", {"score": "all"}, False),
-    ("fastv", {"score": "all-visible"}, False), ("fastv", {"k": 1}, False),
+    ("fastv", {"score": "all-visible"}, False), ("fastv", {"layer": 1}, False),
     ("cls-llm-layer2", {}, False), ("adaptprune", {"sigma_s": 0.5}, False)])
 @requires_in_llm
 def test_in_llm_methods_match_eager_llama_and_no_cache_reference(deep, budget, method, params, image_last):

@@ -20,38 +20,6 @@ from llava.model.llava_arch import PruningInfo
 from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic
 
 
-def read_video_llava_config(model_path: str | os.PathLike) -> dict | None:
-    """The checkpoint's ``config.json`` if it is a Video-LLaVA one (names ``mm_video_tower``), else None."""
-    from llava.model.builder import read_model_config  # a function-level import: builder imports this module
-
-    if not (Path(model_path) / "config.json").is_file():
-        return None
-    cfg = read_model_config(model_path)
-    return cfg if cfg.get("mm_video_tower") and not cfg.get("mm_vision_tower") else None
-
-
-def is_video_llava(model_path: str | os.PathLike) -> bool:
-    return read_video_llava_config(model_path) is not None
-
-
-def video_tower_config(model_path: str | os.PathLike):
-    """The checkpoint's video tower shape (a ``languagebind.TowerConfig``), from configs only."""
-    from llava.model.multimodal_encoder.languagebind import TowerConfig, read_tower_config, tower_folder
-
-    cfg = read_video_llava_config(model_path)
-    if cfg is None:
-        raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
-    if cfg.get("mm_vision_config"):  # [FasterVLM] a transformers-format checkpoint (llava.model.hf_format)
-        return TowerConfig.from_dict(cfg["mm_vision_config"])
-    folder = tower_folder(cfg["mm_video_tower"], model_path)
-    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"])
-
-
-def patches_per_frame(model_path: str | os.PathLike) -> int:
-    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
-    return video_tower_config(model_path).num_patches
-
-
 def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=False, device_map="auto", device="cuda",
                      use_flash_attn=False, visual_token_num=None, **kwargs):
     """Load a Video-LLaVA checkpoint: ``(tokenizer, model, {"image": ..., "video": ...}, context_len)``.
