@@ -22,6 +22,7 @@ from llava.conversation import conv_templates
 from llava.eval import model_vqa_loader
 from llava.eval.utils import InputError
 from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
 from llava.pruning import available_methods, get_method
 from llava.pruning.base import TowerRequest
@@ -109,7 +110,7 @@ def test_in_llm_methods_name_the_release_they_need(tiny_ckpt, tmp_path, monkeypa
     import llava.model.builder as builder
 
     monkeypatch.setattr(llava.compat, "TRANSFORMERS_VERSION", version.parse("5.13.0"))
-    monkeypatch.setattr(builder.LlavaLlamaForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.setattr(LlavaLlamaForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(NotImplementedError, match=r"needs transformers >= 5.14"):
         load_pretrained_model(str(tiny_ckpt), None, "tiny", device="cpu", pruning_method="fastv")
     data = make_sample_data(tmp_path / "eval", questions=1)
@@ -209,9 +210,9 @@ def test_before_llm_methods_match_eager_clip(deep, budget, method, params):
     ckpt, tokenizer, model, processor, _, tower = deep
     pixels = process_images([make_image(5), make_image(6, size=(50, 120))], processor, model.config)
     model.set_pruning_method(method, **params)
-    visual = model.encode_images(pixels)
+    visual, info = model.encode_images(pixels)
     keep, ref_visual = reference_before_llm(method, params, ckpt, tower, pixels, K90)
-    assert torch.equal(torch.stack(model.last_pruning.kept_indices), keep)
+    assert torch.equal(torch.stack(info.kept_indices), keep)
     torch.testing.assert_close(torch.stack(visual), ref_visual, atol=1e-5, rtol=1e-5)
     if method == "adaptprune-cls" and params:  # the similarity decay must have mattered for this to test anything
         assert not torch.equal(keep, reference_before_llm("fastervlm", {}, ckpt, tower, pixels, K90)[0])
@@ -226,7 +227,7 @@ def test_random_is_reproducible_by_seed(deep, budget):
 
     def draws(seed):
         model.set_pruning_method("random", seed=seed)
-        return [model.encode_images(pixels) and model.last_pruning.kept_indices[0] for _ in range(2)]
+        return [model.encode_images(pixels)[1].kept_indices[0] for _ in range(2)]
 
     first, again, other = draws(0), draws(0), draws(1)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
@@ -284,7 +285,7 @@ def reference_in_llm(method: str, params: dict, ckpt, llama, tower, ids, pixels,
     start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())  # the span is wherever the placeholder was
     span = torch.arange(start, start + N)
     out = llama(inputs_embeds=embeds, output_attentions=True, output_hidden_states=True)
-    layer = params.get("k", 2) if method != "cls-llm-layer2" else 2
+    layer = params.get("layer", 2) if method != "cls-llm-layer2" else 2
     attn = out.attentions[layer - 1][0].mean(0) if method != "cls-llm-layer2" else None  # (L, L) head mean
     if method == "fastv":
         score = params.get("score", "last")
@@ -369,11 +370,7 @@ def test_padded_batches_equal_batch_one(deep, budget, method):
     longest = max(len(p) for p in prompts)
     ids = torch.stack([F.pad(p, (longest - len(p), 0)) for p in prompts])
     mask = torch.stack([F.pad(torch.ones_like(p), (longest - len(p), 0)) for p in prompts])
-    model.config.tokenizer_padding_side = "left"
-    try:
-        batched = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
-    finally:
-        model.config.tokenizer_padding_side = "right"
+    batched = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(model.last_pruning.kept_indices, kept))
     for b, one in enumerate(single):
         assert batched.sequences[b, :one.sequences.shape[1]].tolist() == one.sequences[0].tolist()

@@ -20,7 +20,6 @@ from llava.eval.video import run_inference_video_qa as cli
 from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.multimodal_encoder.languagebind import LanguageBindVideoTower, LanguageBindVisionTransformer
-from llava.model.video_llava import encode_video_llava_inputs
 from llava.pruning.base import select_topk_raster
 from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
@@ -109,7 +108,7 @@ def test_hf_videollava_parity_without_temporal_attention(ckpts, models):
     with torch.no_grad():
         ours = model(ids, images=[video[0]]).logits
         hf_tokens = hf_video_tokens(hf, video)  # (8, 1+N, D)
-        torch.testing.assert_close(torch.stack(model.encode_videos(video)), hf_tokens[:, 1:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.stack(model.encode_videos(video)[0]), hf_tokens[:, 1:], atol=1e-5, rtol=1e-5)
         placeholder = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
         hf_ids = torch.cat([ids[0, :placeholder[0]], torch.full((8 * N,), video_token), ids[0, placeholder[-1] + 1:]])[None]
         theirs = hf_logits(hf, hf_ids, video_token, hf_tokens[:, 1:].reshape(8 * N, -1))
@@ -127,12 +126,12 @@ def test_temporal_attention_is_what_hf_videollava_drops(ckpts, models):
     model.set_visual_token_num(None)
     with torch.no_grad():
         theirs = hf_video_tokens(hf, video)[:, 1:]
-        ours = torch.stack(model.encode_videos(video))
+        ours = torch.stack(model.encode_videos(video)[0])
         assert (ours - theirs).abs().max() > 1e-2
         # Frames mix: changing frame 5 changes frame 0's tokens for us, never for the per-frame HF tower.
         edited = video.clone()
         edited[:, :, 5] += 1
-        assert (torch.stack(model.encode_videos(edited))[0] - ours[0]).abs().max() > 1e-4
+        assert (torch.stack(model.encode_videos(edited)[0])[0] - ours[0]).abs().max() > 1e-4
         theirs_edited = hf_video_tokens(hf, edited)[:, 1:]
         torch.testing.assert_close(theirs_edited[0], theirs[0], atol=0, rtol=0)
         saved = {k: v.clone() for k, v in model.state_dict().items() if "temporal_" in k}
@@ -140,7 +139,7 @@ def test_temporal_attention_is_what_hf_videollava_drops(ckpts, models):
             for layer in model.get_model().video_tower.video_tower.encoder.layers:
                 for p in (layer.temporal_embedding, layer.temporal_attn.out_proj.weight, layer.temporal_attn.out_proj.bias):
                     p.zero_()
-            torch.testing.assert_close(torch.stack(model.encode_videos(video)), theirs, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(torch.stack(model.encode_videos(video)[0]), theirs, atol=1e-5, rtol=1e-5)
         finally:
             model.load_state_dict(saved, strict=False)
 
@@ -161,7 +160,7 @@ def test_images_are_not_pruned_and_mix_with_videos(ckpts, models):
     assert info.cls_attn.shape == (9, N)
     torch.testing.assert_close(info.cls_attn[0], attn[-2][0, 0, :, 0, 1:].mean(0), atol=1e-6, rtol=1e-5)
     with torch.no_grad():
-        image_tokens = encode_video_llava_inputs(model, [image])[0]
+        image_tokens = model.encode_video_llava_inputs([image])[0][0]
     torch.testing.assert_close(image_tokens, project(state, hidden[-2][0, 0, 1:]), atol=1e-5, rtol=1e-5)
 
 

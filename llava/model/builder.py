@@ -1,25 +1,29 @@
 """``load_pretrained_model``: LLaVA's loader, for the original liuhaotian checkpoint layout and [FasterVLM] transformers'
-(llava-hf) layout, read as the original one by ``llava.model.hf_format``."""
+(llava-hf) layout, read as the original one by ``llava.model.hf_format``.
+
+[FasterVLM] The checkpoint readers it builds on live in ``llava.model.checkpoint`` (re-exported here under their old
+names), the weight-file helpers in ``llava.model.weights``, the device rules in ``llava.devices``.
+"""
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-from llava.eval.utils import InputError
-from llava.mm_utils import ANYRES_PROTOCOLS
-from llava.model import hf_format
-from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic, resolve_tower_path
-from llava.model.video_llava import is_video_llava, load_video_llava, patches_per_frame
+from llava.devices import check_device
+from llava.model.checkpoint import (check_visual_token_num, is_video_llava, llm_load_kwargs, load_llava_llama,
+                                    load_tokenizer, num_patches, place_model, read_llava_config, read_model_config,
+                                    resolve_anyres_protocol)
+from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic
+from llava.model.video_llava import load_video_llava
 from llava.pruning import check_installed, get_method
+from llava.pruning.base import PruningMethod
 
 _LLAMA_MODEL_TYPES = ("llava", "llava_llama")
+
+__all__ = ["check_device", "check_visual_token_num", "load_pretrained_model", "load_tokenizer", "num_patches",
+           "read_llava_config", "read_model_config", "resolve_anyres_protocol"]
 
 
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
@@ -41,19 +45,24 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     ``cls_attn_arithmetic`` [FasterVLM]: ``"fp32"`` (default) or ``"upstream"`` (the released code's eager attention
     arithmetic in the tower dtype; see ``clip_encoder``), stored as ``model.config.cls_attn_arithmetic``.
     ``pruning_method`` [FasterVLM]: how the ``visual_token_num`` tokens are chosen, a name from
-    ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters.
+    ``llava.pruning.available_methods()`` (FasterVLM by default, or a baseline), with ``pruning_kwargs`` its parameters,
+    or a method instance.
+    ``device`` [FasterVLM]: ``cpu``, ``cuda``/``cuda:N`` (the whole model on that GPU), ``auto`` (accelerate's
+    ``device_map="auto"`` over all visible GPUs, for a model too big for one) or ``mps``
+    (``llava.devices.check_device``); ``device_map``: a caller's own map (a dict) on GPUs.
     [FasterVLM] Video-LLaVA checkpoints (``mm_video_tower``) go to ``llava.model.video_llava.load_video_llava``,
     whose third value is a ``{"image", "video"}`` processor dict.
     [FasterVLM] transformers-format (llava-hf) checkpoints of all three load the same way, onto the same classes
     (``llava.model.hf_format``).
     """
-    method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
+    # [FasterVLM] fail before loading any weights
+    method = pruning_method if isinstance(pruning_method, PruningMethod) else get_method(pruning_method,
+                                                                                        **(pruning_kwargs or {}))
     check_installed(method)
+    check_device(device, "device")
     if is_video_llava(model_path):
-        if method.name != "fastervlm":
-            raise NotImplementedError(f"pruning method {method.name!r}: Video-LLaVA supports only fastervlm")
         return load_video_llava(model_path, model_base, load_8bit, load_4bit, device_map, device, use_flash_attn,
-                                visual_token_num, **kwargs)
+                                visual_token_num, pruning_method=method, **kwargs)
     if model_base is not None:
         raise NotImplementedError(
             f"--model-base {model_base}: LoRA / projector-only checkpoints are not supported; "
@@ -81,7 +90,6 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if kwargs:
         warnings.warn(f"load_pretrained_model ignores unknown arguments: {sorted(kwargs)}")
 
-    on_cuda = str(device).startswith("cuda")
     extra = {"anyres_protocol": anyres_protocol} if anyres_protocol is not None else {}
     extra["cls_attn_arithmetic"] = cls_attn_arithmetic
     tokenizer, model, missing = load_llava_llama(model_path, cfg_dict, load_kwargs, **extra)
@@ -107,11 +115,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         vision_tower.load_model(torch_dtype=vision_tower_dtype or torch.float32)
     elif vision_tower_dtype is not None:
         vision_tower.to(dtype=vision_tower_dtype)
-    model_device = device if on_cuda and load_kwargs.get("device_map") == {"": device} else next(model.parameters()).device
-    if not on_cuda:
-        model.to(device)
-        model_device = torch.device(device)
-    vision_tower.to(device=model_device)
+    vision_tower.to(device=place_model(model, device, load_kwargs))
     model.eval()
 
     context_len = getattr(config, "max_sequence_length", None) or 2048

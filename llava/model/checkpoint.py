@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
+from llava.devices import device_map_for, is_accelerator
 from llava.errors import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
 from llava.model import hf_format
@@ -172,16 +173,29 @@ def load_tokenizer(model_path: str | os.PathLike):
 def llm_load_kwargs(device, device_map, use_flash_attn: bool, kwargs: dict) -> tuple[torch.dtype, dict]:
     """The LLM's dtype and ``from_pretrained`` arguments, shared by every LLaVA loader (pops what it uses from ``kwargs``).
 
-    fp16 on CUDA and fp32 on CPU unless ``torch_dtype``/``dtype`` says otherwise; SDPA unless
-    ``attn_implementation`` or ``use_flash_attn`` (FlashAttention 2) says otherwise.
+    fp16 on GPUs and fp32 elsewhere unless ``torch_dtype``/``dtype`` says otherwise; SDPA unless
+    ``attn_implementation`` or ``use_flash_attn`` (FlashAttention 2) says otherwise. On GPUs the device map is
+    ``llava.devices.device_map_for(device, device_map)``: one GPU unless ``device="auto"``.
     """
-    on_cuda = str(device).startswith("cuda")
-    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_cuda else torch.float32)
+    on_gpu = is_accelerator(device)
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None) or (torch.float16 if on_gpu else torch.float32)
     attn_implementation = "flash_attention_2" if use_flash_attn else kwargs.pop("attn_implementation", "sdpa")
     load_kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
-    if on_cuda:
-        load_kwargs["device_map"] = device_map if device_map != "auto" or torch.cuda.device_count() > 1 else {"": device}
+    if on_gpu:
+        load_kwargs["device_map"] = device_map_for(device, device_map)
     return dtype, load_kwargs
+
+
+def place_model(model, device, load_kwargs: dict) -> torch.device:
+    """Move a loaded model to ``device`` unless ``from_pretrained`` placed it (a GPU device map); returns the device
+    its towers go to: the one GPU, or under a multi-device map the device of its first weights (the embeddings).
+    Each module's outputs then follow that module's device (``LlavaMetaForCausalLM.splice``)."""
+    if not is_accelerator(device):
+        model.to(device)
+        return torch.device(device)
+    if load_kwargs.get("device_map") == {"": str(device)}:
+        return torch.device(device)
+    return next(model.parameters()).device
 
 
 def load_llava_llama(model_path, cfg_dict: dict, load_kwargs: dict, **config_overrides):
