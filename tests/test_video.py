@@ -209,11 +209,28 @@ def test_cls_attn_arithmetic_reaches_both_towers(ckpts):
 
 
 def test_budget_and_frame_count_errors(ckpts, models):
-    with pytest.raises(ValueError, match="0, 256"):
+    with pytest.raises(ValueError, match="exceeds the 256 patches per video frame"):
         load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=257)
     _, model = models[True]
     with pytest.raises(ValueError, match="8 frames"):
         model.encode_videos(clip(6, frames=4))
+
+
+def test_frames_go_through_the_pruning_method(ckpts):
+    """Video frames are crops for the method API: a method's own choice is what each frame keeps; a method that needs
+    what the LanguageBind towers cannot give is refused before any weights load."""
+    tokenizer, model = load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13,
+                                             pruning_method="random")[:2]
+    with torch.no_grad():
+        model(prompt_ids(tokenizer), images=[clip(2)[0]])
+    random_kept = model.last_pruning.kept_indices
+    model.set_pruning_method("fastervlm")
+    with torch.no_grad():
+        model(prompt_ids(tokenizer), images=[clip(2)[0]])
+    assert [len(k) for k in random_kept] == [13] * 8
+    assert any(not torch.equal(a, b) for a, b in zip(random_kept, model.last_pruning.kept_indices))
+    with pytest.raises(NotImplementedError, match="patch-attn.*LanguageBind"):
+        load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13, pruning_method="patch-attn")
 
 
 def edit_shards(ckpt: Path, edit) -> None:
