@@ -25,7 +25,7 @@ from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import (VideoProcessor, available_backends, decoder_info, preprocess_frames, read_frames,
                                resolve_backend, sample_indices)
-from reference import greedy, kept_set_agreement
+from reference import OnOtherDevice, TwoDevices, greedy, kept_set_agreement
 from reference_video import (checkpoint_state, eager_languagebind, hf_logits, hf_video_llava, hf_video_tokens, project,
                              reference_frame_tokens, reference_llama, reference_video_tower, tower_config, tower_state)
 
@@ -600,3 +600,17 @@ def test_scripts_are_one_liners_over_the_shared_functions():
             body = [l for l in (folder / f"{kind}_{ds}.sh").read_text().splitlines() if l and not l.startswith("#")]
             assert body == ['source "$(dirname "$0")/_video_qa.sh"', f'{function} {ds} "$@"']
     assert subprocess.run(["bash", "-n", str(folder / "_video_qa.sh")]).returncode == 0
+
+
+def test_projector_on_another_device(ckpts):
+    """Video-LLaVA under device_map="auto": image and frame tokens from the projector's device reach the text's."""
+    tokenizer, model = load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13)[:2]
+    image, video = clip(4, frames=1)[0, :, 0], clip(5)[0]
+    ids = tokenizer_image_token(build_prompt("<image>\n" + QUESTION, 8, "llava_v1", False), tokenizer,
+                                return_tensors="pt")[None]
+    with torch.no_grad():
+        expected = model(ids, images=[image, video]).logits
+        model.get_model().mm_projector = OnOtherDevice(model.get_model().mm_projector)
+        with TwoDevices():
+            got = model(ids, images=[image, video]).logits
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
