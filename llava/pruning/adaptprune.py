@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from llava.pruning import register
 from llava.pruning.base import (InLLMPruningMethod, LLMPruningContext, PruningMethod, TowerOutputs, TowerRequest,
                                 check_budget, image_grid_side)
+from llava.pruning.registry import register
 
 
 def center_prior(side: int, sigma: float, device=None) -> torch.Tensor:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llava.pruning import register
 from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, select_topk_raster
+from llava.pruning.registry import register
 
 
 @register

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llava.pruning import register
 from llava.pruning.base import InLLMPruningMethod, LLMPruningContext
+from llava.pruning.registry import register
 
 SCORES = ("last", "all", "all-visible")
 
