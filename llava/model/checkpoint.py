@@ -21,6 +21,7 @@ from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCau
 from llava.model.multimodal_encoder.clip_encoder import resolve_tower_path
 from llava.model.multimodal_encoder.languagebind import TowerConfig, read_tower_config, tower_folder
 from llava.model.weights import check_weight_files
+from llava.pruning.base import check_budget
 
 
 def read_model_config(model_path: str | os.PathLike) -> dict:
@@ -96,14 +97,8 @@ def num_patches(model_path: str | os.PathLike) -> int | None:
 
 
 def check_visual_token_num(model_path: str | os.PathLike, visual_token_num: int | None) -> None:
-    """[FasterVLM] Fail before loading any weights if the budget cannot be met."""
-    if visual_token_num is None:
-        return
-    if visual_token_num < 0:
-        raise ValueError(f"--visual-token-num must be >= 0, got {visual_token_num}")
-    n = num_patches(model_path)
-    if n is not None and visual_token_num > n:
-        raise ValueError(f"--visual-token-num {visual_token_num} exceeds the {n} patches per image of {model_path}")
+    """[FasterVLM] Fail before loading any weights if the budget cannot be met (``pruning.base.check_budget``)."""
+    check_budget(visual_token_num, None if visual_token_num is None else num_patches(model_path))
 
 
 def resolve_anyres_protocol(cfg: dict, visual_token_num: int | None, anyres_protocol: str | None) -> str | None:
