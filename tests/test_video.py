@@ -229,6 +229,11 @@ def test_frames_go_through_the_pruning_method(ckpts):
         model(prompt_ids(tokenizer), images=[clip(2)[0]])
     assert [len(k) for k in random_kept] == [13] * 8
     assert any(not torch.equal(a, b) for a, b in zip(random_kept, model.last_pruning.kept_indices))
+    model.set_pruning_method("fastv", layer=1)  # in the LLM: the video's 8 frames are one span of 8 × 13 tokens
+    out = model.generate(prompt_ids(tokenizer), images=[clip(2)[0]], do_sample=False, max_new_tokens=3)
+    info = model.last_pruning
+    assert out.shape == (1, 3) and info.llm_layer == 1 and info.visual_tokens == [8 * N]
+    assert sum(len(k) for k in info.kept_indices) == 8 * 13
     with pytest.raises(NotImplementedError, match="patch-attn.*LanguageBind"):
         load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13, pruning_method="patch-attn")
 
