@@ -113,8 +113,6 @@ def test_in_llm_methods_name_the_release_they_need(tiny_ckpt, tmp_path, monkeypa
     import llava.compat
     from packaging import version
 
-    import llava.model.builder as builder
-
     monkeypatch.setattr(llava.compat, "TRANSFORMERS_VERSION", version.parse("5.13.0"))
     monkeypatch.setattr(LlavaLlamaForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(NotImplementedError, match=r"needs transformers >= 5.14"):

@@ -13,9 +13,7 @@ readers live in ``llava.model.checkpoint`` and are re-exported here under their 
 """
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 from llava.model.checkpoint import (is_video_llava, llm_load_kwargs, load_llava_llama, patches_per_frame,
                                     place_model, read_video_llava_config, video_tower_config)
