@@ -182,3 +182,31 @@ def test_device_flag_values(monkeypatch):
         check_device("cuda")
     with pytest.raises(InputError, match=r"device cuda: no CUDA GPU"):
         load_pretrained_model("no-such-checkpoint", device="cuda")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_splice_pads_on_the_side_the_mask_pads(models, side):
+    """The spliced batch keeps the prompts' padding side, read from their attention mask (no config toggle): each
+    row's embeddings and positions equal its batch-1 splice, and the padding stays on that side."""
+    _, tokenizer, model, processor, _, _ = models
+    model.set_visual_token_num(58)
+    pixels = process_images([make_image(0), make_image(1)], processor, model.config)
+    prompts = [prompt_ids(tokenizer, question)[0] for question in QUESTIONS]
+    longest = max(len(p) for p in prompts)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (longest - len(x), 0) if side == "left" else (0, longest - len(x)))
+
+    ids = torch.stack([pad(p) for p in prompts])
+    mask = torch.stack([pad(torch.ones_like(p)) for p in prompts])
+    with torch.no_grad():
+        batch = model.splice(ids, mask, None, pixels)
+        for row, p in enumerate(prompts):
+            one = model.splice(p[None], None, None, pixels[row:row + 1])
+            n = one.inputs_embeds.shape[1]
+            span = slice(batch.inputs_embeds.shape[1] - n, None) if side == "left" else slice(0, n)
+            torch.testing.assert_close(batch.inputs_embeds[row, span], one.inputs_embeds[0], atol=0, rtol=0)
+            assert batch.position_ids[row, span].tolist() == list(range(n))
+            assert batch.attention_mask[row].sum() == n and bool(batch.attention_mask[row, span].all())
+    assert batch.pruning.visual_tokens == [58, 58]
+    model.set_visual_token_num(None)
