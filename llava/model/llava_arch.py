@@ -260,16 +260,16 @@ class LlavaMetaForCausalLM(ABC):
         check_installed(method)
         self.pruning_method = method
 
-    def select_crop_tokens(self, crops: torch.Tensor, tower=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """[FasterVLM] Run ``tower`` (the vision tower unless given) on (B, 3, H, W) crops and let the pruning
-        method pick each crop's own top-k.
+    def select_crop_tokens(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """[FasterVLM] Run the vision tower on (B, 3, H, W) crops and let the pruning method pick each crop's own
+        top-k.
 
         Returns the features (B, N, C) to gather from (a merging method rewrites the kept rows), the kept raster
         indices (B, k) and the head-mean [CLS] scores (B, N), None if the method needs no [CLS] attention.
         An in-LLM method keeps every patch here: it prunes inside the LLM.
         """
         method = self.get_pruning_method()
-        outputs = (tower or self.get_vision_tower())(crops, request=method.tower_request)
+        outputs = self.get_vision_tower()(crops, request=method.tower_request)
         return self.select_tokens(outputs, self.get_model().config.mm_vision_select_feature == "patch")
 
     def select_tokens(self, tower, prunable: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
