@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llava.model.multimodal_encoder.languagebind import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from llava.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 BACKENDS = ("decord", "pyav")
 _MODULES = {"decord": "decord", "pyav": "av"}

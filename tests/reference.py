@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
 from transformers import AttentionInterface, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 
@@ -96,3 +97,59 @@ def greedy(llama: LlamaForCausalLM, embeds: torch.Tensor, steps: int, eos: int) 
             break
         embeds = torch.cat([embeds, llama.get_input_embeddings()(torch.tensor([[nxt]]))], dim=1)
     return out
+
+
+OTHER_DEVICE = torch.device("meta")
+
+
+def _on_other(t) -> bool:
+    return isinstance(t, torch.Tensor) and getattr(t, "_on_other_device", False)
+
+
+def _tag(out, other: bool):
+    if isinstance(out, torch.Tensor):
+        out._on_other_device = other
+    elif isinstance(out, (tuple, list)):
+        for x in out:
+            _tag(x, other)
+    return out
+
+
+class TwoDevices(TorchFunctionMode):
+    """A second device on a CPU-only machine, as ``device_map="auto"`` gives a model spread over two GPUs.
+
+    A tensor moved ``.to("meta")`` keeps its CPU data but reports ``OTHER_DEVICE`` and is tagged; what is computed
+    from tagged tensors is tagged; ``.to(cpu)`` moves it back. An op that mixes tagged and untagged tensors (other
+    than 0-dim ones, which devices share) fails as CUDA does: "Expected all tensors to be on the same device".
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__self__", None) is torch.Tensor.device:  # the ``.device`` getter
+            return OTHER_DEVICE if _on_other(args[0]) else func(*args)
+        if func is torch.Tensor.to:
+            devices = [a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (torch.device, str))]
+            rest = [a for a in args[1:] if not isinstance(a, (torch.device, str))]
+            out = func(args[0], *rest, **{k: v for k, v in kwargs.items() if k != "device"})
+            if out is args[0] and devices:  # a move is a new tensor, even when the data stay put
+                out = out.clone()
+            return _tag(out, torch.device(devices[0]) == OTHER_DEVICE if devices else _on_other(args[0]))
+        flat = [*args, *kwargs.values()]
+        flat += [x for a in flat if isinstance(a, (tuple, list)) for x in a]
+        tensors = [t for t in flat if isinstance(t, torch.Tensor) and t.dim() > 0]
+        tags = {_on_other(t) for t in tensors}
+        if len(tags) > 1:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices "
+                               f"(simulated, in {getattr(func, '__name__', func)})")
+        return _tag(func(*args, **kwargs), tags == {True})
+
+
+class OnOtherDevice(torch.nn.Module):
+    """Wraps a module (the projector) so that its output lands on ``OTHER_DEVICE`` (use under :class:`TwoDevices`)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x).to(OTHER_DEVICE)

@@ -10,7 +10,11 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from reference import greedy, reference_llama, reference_tower, reference_visual_tokens, splice
+from llava.devices import check_device, device_map_for
+from llava.errors import InputError
+from llava.model.checkpoint import llm_load_kwargs
+from reference import (OnOtherDevice, TwoDevices, greedy, reference_llama, reference_tower, reference_visual_tokens,
+                       splice)
 
 N = 576  # patches per image of the tiny tower (LLaVA-1.5 geometry)
 QUESTIONS = ["What is the color of the bus?", "Is there a dog in the image?\nAnswer the question using a single word or phrase."]
@@ -142,3 +146,67 @@ def test_unpruned_logits_match_transformers_llava(tiny_ckpt, tiny_model):
         ours = model(ids, images=pixels).logits
         theirs = hf(input_ids=hf_ids, pixel_values=pixels).logits
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [None, 58])
+def test_projector_on_another_device(tiny_ckpt, k):
+    """Under device_map="auto" the projector may sit on another GPU than the embeddings: the splice moves its output
+    to the text's device (a stand-in second device, see reference.TwoDevices), and the logits are unchanged."""
+    tokenizer, model, processor, _ = load_pretrained_model(str(tiny_ckpt), device="cpu", visual_token_num=k)
+    pixels = process_images([make_image(5)], processor, model.config)
+    ids = prompt_ids(tokenizer, QUESTIONS[0])
+    with torch.no_grad():
+        expected = model(ids, images=pixels).logits
+        model.get_model().mm_projector = OnOtherDevice(model.get_model().mm_projector)
+        with TwoDevices():
+            got = model(ids, images=pixels).logits
+            out = model.generate(ids, images=pixels, do_sample=False, max_new_tokens=3)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert out.shape == (1, 3)
+
+
+def test_device_flag_values(monkeypatch):
+    """cuda:N is one GPU even when several are visible; "auto" spreads only when asked; bad values are one error."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == "cuda:1" and check_device("auto") == "auto" and check_device("cpu") == "cpu"
+    assert device_map_for("cuda:1", "auto") == {"": "cuda:1"} and device_map_for("auto") == "auto"
+    assert llm_load_kwargs("cuda:1", "auto", False, {})[1]["device_map"] == {"": "cuda:1"}
+    assert llm_load_kwargs("auto", "auto", False, {})[1]["device_map"] == "auto"
+    assert llm_load_kwargs("cuda", {"model": 0}, False, {})[1]["device_map"] == {"model": 0}
+    with pytest.raises(InputError, match=r"--device gpu: expected one of cpu, cuda, cuda:N, auto, mps"):
+        check_device("gpu")
+    with pytest.raises(InputError, match=r"--device cuda:2: only 2 CUDA GPU"):
+        check_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(InputError, match=r"--device cuda: no CUDA GPU is visible here"):
+        check_device("cuda")
+    with pytest.raises(InputError, match=r"device cuda: no CUDA GPU"):
+        load_pretrained_model("no-such-checkpoint", device="cuda")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_splice_pads_on_the_side_the_mask_pads(models, side):
+    """The spliced batch keeps the prompts' padding side, read from their attention mask (no config toggle): each
+    row's embeddings and positions equal its batch-1 splice, and the padding stays on that side."""
+    _, tokenizer, model, processor, _, _ = models
+    model.set_visual_token_num(58)
+    pixels = process_images([make_image(0), make_image(1)], processor, model.config)
+    prompts = [prompt_ids(tokenizer, question)[0] for question in QUESTIONS]
+    longest = max(len(p) for p in prompts)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (longest - len(x), 0) if side == "left" else (0, longest - len(x)))
+
+    ids = torch.stack([pad(p) for p in prompts])
+    mask = torch.stack([pad(torch.ones_like(p)) for p in prompts])
+    with torch.no_grad():
+        batch = model.splice(ids, mask, None, pixels)
+        for row, p in enumerate(prompts):
+            one = model.splice(p[None], None, None, pixels[row:row + 1])
+            n = one.inputs_embeds.shape[1]
+            span = slice(batch.inputs_embeds.shape[1] - n, None) if side == "left" else slice(0, n)
+            torch.testing.assert_close(batch.inputs_embeds[row, span], one.inputs_embeds[0], atol=0, rtol=0)
+            assert batch.position_ids[row, span].tolist() == list(range(n))
+            assert batch.attention_mask[row].sum() == n and bool(batch.attention_mask[row, span].all())
+    assert batch.pruning.visual_tokens == [58, 58]
+    model.set_visual_token_num(None)

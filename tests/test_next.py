@@ -34,7 +34,7 @@ from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, anyres_resol
 from llava.model.builder import load_pretrained_model, resolve_anyres_protocol
 from llava.model.llava_arch import unpadded_bounds
 from llava.tools.make_tiny_checkpoint import NEXT_PINPOINTS, TOWER, make_tiny_checkpoint
-from reference import checkpoint_state, greedy, reference_llama
+from reference import OnOtherDevice, TwoDevices, checkpoint_state, greedy, reference_llama
 
 CROP = TOWER["image_size"]  # px per crop of the tiny tower
 SIDE = CROP // TOWER["patch_size"]  # patches per crop side
@@ -559,3 +559,20 @@ def test_bad_inputs(next_ckpt, next_model, model):
     model.set_visual_token_num(N + 1)
     with pytest.raises(ValueError, match=f"visual_token_num={N + 1} is out of range"):
         model(ids, images=process_images([image], processor, model.config), image_sizes=[image.size])
+
+
+@pytest.mark.parametrize("protocol,k", [("vanilla", None), ("vanilla", 29), ("paper", 29)])
+def test_anyres_projector_on_another_device(next_ckpt, protocol, k):
+    """Under device_map="auto": the anyres merge builds each image's tokens, newlines included, on the projector's
+    device, and the splice moves them to the text's (a stand-in second device, reference.TwoDevices)."""
+    tokenizer, model, processor, _ = load_pretrained_model(str(next_ckpt), device="cpu", visual_token_num=k,
+                                                           anyres_protocol=protocol)
+    image = make_image(3, (500, 300))
+    pixels = process_images([image], processor, model.config)
+    ids = prompt_ids(tokenizer, "What is the color of the bus?")
+    with torch.no_grad():
+        expected = model(ids, images=pixels, image_sizes=[image.size]).logits
+        model.get_model().mm_projector = OnOtherDevice(model.get_model().mm_projector)
+        with TwoDevices():
+            got = model(ids, images=pixels, image_sizes=[image.size]).logits
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

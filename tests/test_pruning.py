@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from llava.conversation import conv_templates
 from llava.eval import model_vqa_loader
 from llava.eval.utils import InputError
 from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
 from llava.pruning import available_methods, get_method
 from llava.pruning.base import TowerRequest
@@ -31,6 +35,8 @@ from reference import checkpoint_state, reference_llama, reference_tower, refere
 from test_model_parity import QUESTIONS, make_image, prompt_ids
 
 N, SIDE, K90 = 576, 24, 58  # tiny tower: LLaVA-1.5 geometry; 90 % reduction
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +78,16 @@ def budget(deep):
 
 
 def test_registry_names_methods_and_errors():
-    assert available_methods() == ("fastervlm", "random", "patch-attn", "cls-llm-layer2", "cls-merge", "fastv",
-                                   "adaptprune", "adaptprune-cls")
+    built_in = ("fastervlm", "random", "patch-attn", "cls-llm-layer2", "cls-merge", "fastv", "adaptprune",
+                "adaptprune-cls")
+    assert available_methods()[:len(built_in)] == built_in  # first, in the CLI's order; plugins may follow
     with pytest.raises(ValueError, match=r"unknown pruning method 'fastvv'.*fastv"):
         get_method("fastvv")
     with pytest.raises(ValueError, match=r"'fastv' has no parameter sigma_d"):
         get_method("fastv", sigma_d=1.0)
     with pytest.raises(ValueError, match="--fastv-k must be >= 1"):
-        get_method("fastv", k=0)
-    assert get_method("fastv").llm_layer == 2 and get_method("adaptprune", k=3).llm_layer == 3
+        get_method("fastv", layer=0)
+    assert get_method("fastv").llm_layer == 2 and get_method("adaptprune", layer=3).llm_layer == 3
     assert get_method("cls-llm-layer2").llm_layer == 2 and get_method("cls-merge").llm_layer is None
 
 
@@ -106,10 +113,8 @@ def test_in_llm_methods_name_the_release_they_need(tiny_ckpt, tmp_path, monkeypa
     import llava.compat
     from packaging import version
 
-    import llava.model.builder as builder
-
     monkeypatch.setattr(llava.compat, "TRANSFORMERS_VERSION", version.parse("5.13.0"))
-    monkeypatch.setattr(builder.LlavaLlamaForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
+    monkeypatch.setattr(LlavaLlamaForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(NotImplementedError, match=r"needs transformers >= 5.14"):
         load_pretrained_model(str(tiny_ckpt), None, "tiny", device="cpu", pruning_method="fastv")
     data = make_sample_data(tmp_path / "eval", questions=1)
@@ -209,9 +214,9 @@ def test_before_llm_methods_match_eager_clip(deep, budget, method, params):
     ckpt, tokenizer, model, processor, _, tower = deep
     pixels = process_images([make_image(5), make_image(6, size=(50, 120))], processor, model.config)
     model.set_pruning_method(method, **params)
-    visual = model.encode_images(pixels)
+    visual, info = model.encode_images(pixels)
     keep, ref_visual = reference_before_llm(method, params, ckpt, tower, pixels, K90)
-    assert torch.equal(torch.stack(model.last_pruning.kept_indices), keep)
+    assert torch.equal(torch.stack(info.kept_indices), keep)
     torch.testing.assert_close(torch.stack(visual), ref_visual, atol=1e-5, rtol=1e-5)
     if method == "adaptprune-cls" and params:  # the similarity decay must have mattered for this to test anything
         assert not torch.equal(keep, reference_before_llm("fastervlm", {}, ckpt, tower, pixels, K90)[0])
@@ -226,7 +231,7 @@ def test_random_is_reproducible_by_seed(deep, budget):
 
     def draws(seed):
         model.set_pruning_method("random", seed=seed)
-        return [model.encode_images(pixels) and model.last_pruning.kept_indices[0] for _ in range(2)]
+        return [model.encode_images(pixels)[1].kept_indices[0] for _ in range(2)]
 
     first, again, other = draws(0), draws(0), draws(1)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
@@ -284,7 +289,7 @@ def reference_in_llm(method: str, params: dict, ckpt, llama, tower, ids, pixels,
     start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())  # the span is wherever the placeholder was
     span = torch.arange(start, start + N)
     out = llama(inputs_embeds=embeds, output_attentions=True, output_hidden_states=True)
-    layer = params.get("k", 2) if method != "cls-llm-layer2" else 2
+    layer = params.get("layer", 2) if method != "cls-llm-layer2" else 2
     attn = out.attentions[layer - 1][0].mean(0) if method != "cls-llm-layer2" else None  # (L, L) head mean
     if method == "fastv":
         score = params.get("score", "last")
@@ -309,7 +314,7 @@ def reference_in_llm(method: str, params: dict, ckpt, llama, tower, ids, pixels,
 
 @pytest.mark.parametrize("method,params,image_last", [
     ("fastv", {}, False), ("fastv", {}, True), ("fastv", {"score": "all"}, False),
-    ("fastv", {"score": "all-visible"}, False), ("fastv", {"k": 1}, False),
+    ("fastv", {"score": "all-visible"}, False), ("fastv", {"layer": 1}, False),
     ("cls-llm-layer2", {}, False), ("adaptprune", {"sigma_s": 0.5}, False)])
 @requires_in_llm
 def test_in_llm_methods_match_eager_llama_and_no_cache_reference(deep, budget, method, params, image_last):
@@ -369,11 +374,7 @@ def test_padded_batches_equal_batch_one(deep, budget, method):
     longest = max(len(p) for p in prompts)
     ids = torch.stack([F.pad(p, (longest - len(p), 0)) for p in prompts])
     mask = torch.stack([F.pad(torch.ones_like(p), (longest - len(p), 0)) for p in prompts])
-    model.config.tokenizer_padding_side = "left"
-    try:
-        batched = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
-    finally:
-        model.config.tokenizer_padding_side = "right"
+    batched = model.generate(ids, images=pixels, attention_mask=mask, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(model.last_pruning.kept_indices, kept))
     for b, one in enumerate(single):
         assert batched.sequences[b, :one.sequences.shape[1]].tolist() == one.sequences[0].tolist()
@@ -388,3 +389,87 @@ def test_padded_batches_equal_batch_one(deep, budget, method):
         for b, p in enumerate(prompts):
             one = model(p[None], images=pixels[b:b + 1]).logits[0]
             torch.testing.assert_close(logits[b, :one.shape[0]], one, atol=1e-4, rtol=1e-4)
+
+
+USER_METHOD = """
+from dataclasses import dataclass, field
+
+import torch
+
+from llava.pruning import PruningMethod, TowerRequest, register
+
+
+@register
+@dataclass
+class LastPatches(PruningMethod):
+    \"\"\"Keeps each crop's last patches (after skipping ``offset``): a method nobody would ship, easy to check.\"\"\"
+
+    name = "{name}"
+    tower_request = TowerRequest()
+
+    offset: int = field(default=0, metadata={{"flag": "--{name}-offset", "help": "patches skipped at the end"}})
+
+    def select_patches(self, tower, k):
+        n = tower.features.shape[1] - self.offset
+        keep = torch.arange(n - k, n, device=tower.features.device)
+        return tower.features, keep.expand(tower.features.shape[0], -1)
+"""
+
+
+def run_loader(tiny_ckpt, data, answers, cwd, pythonpath, *extra):
+    """``python -m llava.eval.model_vqa_loader`` in ``cwd``, as a user runs it; returns the finished process."""
+    args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
+            "--image-folder", str(data / "textvqa/train_images"), "--answers-file", str(answers),
+            "--temperature", "0", "--max_new_tokens", "3", "--device", "cpu", "--visual-token-num", "7", *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath)), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "llava.eval.model_vqa_loader", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def test_a_method_in_the_users_own_module_runs_end_to_end(tiny_ckpt, tmp_path):
+    """--import (after --pruning-method on the command line, too) registers the method, its flag and its choice."""
+    (tmp_path / "my_method.py").write_text(USER_METHOD.format(name="my-method"))
+    data = make_sample_data(tmp_path / "eval", questions=2)
+    answers = tmp_path / "answers.jsonl"
+    result = run_loader(tiny_ckpt, data, answers, tmp_path, [ROOT], "--pruning-method", "my-method",
+                        "--my-method-offset", "5", "--import", "my_method")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Average number of visual tokens: 7.00" in result.stdout
+    assert len(answers.read_text().splitlines()) == 2
+    manifest = json.loads((tmp_path / "answers.jsonl.manifest.json").read_text())
+    assert "my-method" in json.dumps(manifest) and '"offset": 5' in json.dumps(manifest)
+    unknown = run_loader(tiny_ckpt, data, tmp_path / "b.jsonl", tmp_path, [ROOT], "--pruning-method", "my-method")
+    assert unknown.returncode == 2 and "invalid choice: 'my-method'" in unknown.stderr
+    missing = run_loader(tiny_ckpt, data, tmp_path / "c.jsonl", tmp_path, [ROOT], "--import", "no_such_module")
+    assert missing.returncode == 2 and "error: --import no_such_module: no module 'no_such_module'" in missing.stderr
+
+
+def test_an_installed_plugin_registers_through_its_entry_point(tiny_ckpt, tmp_path):
+    """A distribution on sys.path whose entry_points.txt names a module in the fastervlm.pruning group: its method is
+    a --pruning-method choice with no --import."""
+    site = tmp_path / "site"
+    (site / "fastervlm_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "fastervlm_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fastervlm-plugin\nVersion: 0.1\n")
+    (site / "fastervlm_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[fastervlm.pruning]\nplugin-method = fastervlm_plugin_method\n")
+    (site / "fastervlm_plugin_method.py").write_text(USER_METHOD.format(name="plugin-method"))
+    data = make_sample_data(tmp_path / "eval", questions=2)
+    answers = tmp_path / "answers.jsonl"
+    result = run_loader(tiny_ckpt, data, answers, tmp_path, [ROOT, site], "--pruning-method", "plugin-method")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Average number of visual tokens: 7.00" in result.stdout and len(answers.read_text().splitlines()) == 2
+
+
+def test_entry_points_load_lazily_and_name_a_broken_plugin(monkeypatch):
+    """The group is read at the first registry query, not at import; a plugin that fails to load is named."""
+    from importlib.metadata import EntryPoint
+
+    from llava.pruning import registry
+
+    broken = EntryPoint(name="broken", value="no_such_plugin_module", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [broken] if group == registry.ENTRY_POINT_GROUP
+                        else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.raises(ImportError, match=r"pruning plugin 'broken' = 'no_such_plugin_module'.*failed to load"):
+        available_methods()

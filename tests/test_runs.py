@@ -70,7 +70,7 @@ def test_manifest_records_how_the_answers_were_made(finished, tiny_ckpt):
     (["--visual-token-num", "58", "--seed", "3"], "settings.decoding.seed: 0 -> 3"),
     (["--visual-token-num", "58", "--batch-size", "2"], "settings.decoding.batch_size"),
     (["--visual-token-num", "58", "--num-chunks", "2"], "chunk.num_chunks: 1 -> 2"),
-    pytest.param(["--visual-token-num", "58", "--pruning-method", "fastv", "--fastv-k", "1"], "settings.pruning.params.k",
+    pytest.param(["--visual-token-num", "58", "--pruning-method", "fastv", "--fastv-k", "1"], "settings.pruning.params.layer",
                  marks=requires_in_llm),
 ])
 def test_resuming_under_other_settings_is_refused(finished, tiny_ckpt, data, tmp_path, monkeypatch, flags, differing):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-import llava.pruning
+import llava.pruning.registry
 from llava.eval import eval_pope, eval_science_qa, eval_textvqa
 from llava.eval.runner import build_prompt
 from llava.mm_utils import process_images, tokenizer_image_token
@@ -166,7 +166,7 @@ class BottomK(PruningMethod):
 @pytest.fixture
 def bottom_k(monkeypatch):
     """``bottom-k-cls`` registered for this test only (a copy of the registry is patched in)."""
-    monkeypatch.setattr(llava.pruning, "_METHODS", dict(llava.pruning._METHODS))
+    monkeypatch.setattr(llava.pruning.registry, "_METHODS", dict(llava.pruning.registry._METHODS))
     register(BottomK)
     return BottomK.name
 

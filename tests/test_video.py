@@ -20,13 +20,12 @@ from llava.eval.video import run_inference_video_qa as cli
 from llava.mm_utils import tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.multimodal_encoder.languagebind import LanguageBindVideoTower, LanguageBindVisionTransformer
-from llava.model.video_llava import encode_video_llava_inputs
 from llava.pruning.base import select_topk_raster
 from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import (VideoProcessor, available_backends, decoder_info, preprocess_frames, read_frames,
                                resolve_backend, sample_indices)
-from reference import greedy, kept_set_agreement
+from reference import OnOtherDevice, TwoDevices, greedy, kept_set_agreement
 from reference_video import (checkpoint_state, eager_languagebind, hf_logits, hf_video_llava, hf_video_tokens, project,
                              reference_frame_tokens, reference_llama, reference_video_tower, tower_config, tower_state)
 
@@ -109,7 +108,7 @@ def test_hf_videollava_parity_without_temporal_attention(ckpts, models):
     with torch.no_grad():
         ours = model(ids, images=[video[0]]).logits
         hf_tokens = hf_video_tokens(hf, video)  # (8, 1+N, D)
-        torch.testing.assert_close(torch.stack(model.encode_videos(video)), hf_tokens[:, 1:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.stack(model.encode_videos(video)[0]), hf_tokens[:, 1:], atol=1e-5, rtol=1e-5)
         placeholder = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().flatten()
         hf_ids = torch.cat([ids[0, :placeholder[0]], torch.full((8 * N,), video_token), ids[0, placeholder[-1] + 1:]])[None]
         theirs = hf_logits(hf, hf_ids, video_token, hf_tokens[:, 1:].reshape(8 * N, -1))
@@ -127,12 +126,12 @@ def test_temporal_attention_is_what_hf_videollava_drops(ckpts, models):
     model.set_visual_token_num(None)
     with torch.no_grad():
         theirs = hf_video_tokens(hf, video)[:, 1:]
-        ours = torch.stack(model.encode_videos(video))
+        ours = torch.stack(model.encode_videos(video)[0])
         assert (ours - theirs).abs().max() > 1e-2
         # Frames mix: changing frame 5 changes frame 0's tokens for us, never for the per-frame HF tower.
         edited = video.clone()
         edited[:, :, 5] += 1
-        assert (torch.stack(model.encode_videos(edited))[0] - ours[0]).abs().max() > 1e-4
+        assert (torch.stack(model.encode_videos(edited)[0])[0] - ours[0]).abs().max() > 1e-4
         theirs_edited = hf_video_tokens(hf, edited)[:, 1:]
         torch.testing.assert_close(theirs_edited[0], theirs[0], atol=0, rtol=0)
         saved = {k: v.clone() for k, v in model.state_dict().items() if "temporal_" in k}
@@ -140,7 +139,7 @@ def test_temporal_attention_is_what_hf_videollava_drops(ckpts, models):
             for layer in model.get_model().video_tower.video_tower.encoder.layers:
                 for p in (layer.temporal_embedding, layer.temporal_attn.out_proj.weight, layer.temporal_attn.out_proj.bias):
                     p.zero_()
-            torch.testing.assert_close(torch.stack(model.encode_videos(video)), theirs, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(torch.stack(model.encode_videos(video)[0]), theirs, atol=1e-5, rtol=1e-5)
         finally:
             model.load_state_dict(saved, strict=False)
 
@@ -161,7 +160,7 @@ def test_images_are_not_pruned_and_mix_with_videos(ckpts, models):
     assert info.cls_attn.shape == (9, N)
     torch.testing.assert_close(info.cls_attn[0], attn[-2][0, 0, :, 0, 1:].mean(0), atol=1e-6, rtol=1e-5)
     with torch.no_grad():
-        image_tokens = encode_video_llava_inputs(model, [image])[0]
+        image_tokens = model.encode_video_llava_inputs([image])[0][0]
     torch.testing.assert_close(image_tokens, project(state, hidden[-2][0, 0, 1:]), atol=1e-5, rtol=1e-5)
 
 
@@ -210,11 +209,33 @@ def test_cls_attn_arithmetic_reaches_both_towers(ckpts):
 
 
 def test_budget_and_frame_count_errors(ckpts, models):
-    with pytest.raises(ValueError, match="0, 256"):
+    with pytest.raises(ValueError, match="exceeds the 256 patches per video frame"):
         load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=257)
     _, model = models[True]
     with pytest.raises(ValueError, match="8 frames"):
         model.encode_videos(clip(6, frames=4))
+
+
+def test_frames_go_through_the_pruning_method(ckpts):
+    """Video frames are crops for the method API: a method's own choice is what each frame keeps; a method that needs
+    what the LanguageBind towers cannot give is refused before any weights load."""
+    tokenizer, model = load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13,
+                                             pruning_method="random")[:2]
+    with torch.no_grad():
+        model(prompt_ids(tokenizer), images=[clip(2)[0]])
+    random_kept = model.last_pruning.kept_indices
+    model.set_pruning_method("fastervlm")
+    with torch.no_grad():
+        model(prompt_ids(tokenizer), images=[clip(2)[0]])
+    assert [len(k) for k in random_kept] == [13] * 8
+    assert any(not torch.equal(a, b) for a, b in zip(random_kept, model.last_pruning.kept_indices))
+    model.set_pruning_method("fastv", layer=1)  # in the LLM: the video's 8 frames are one span of 8 × 13 tokens
+    out = model.generate(prompt_ids(tokenizer), images=[clip(2)[0]], do_sample=False, max_new_tokens=3)
+    info = model.last_pruning
+    assert out.shape == (1, 3) and info.llm_layer == 1 and info.visual_tokens == [8 * N]
+    assert sum(len(k) for k in info.kept_indices) == 8 * 13
+    with pytest.raises(NotImplementedError, match="patch-attn.*LanguageBind"):
+        load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13, pruning_method="patch-attn")
 
 
 def edit_shards(ckpt: Path, edit) -> None:
@@ -584,3 +605,17 @@ def test_scripts_are_one_liners_over_the_shared_functions():
             body = [l for l in (folder / f"{kind}_{ds}.sh").read_text().splitlines() if l and not l.startswith("#")]
             assert body == ['source "$(dirname "$0")/_video_qa.sh"', f'{function} {ds} "$@"']
     assert subprocess.run(["bash", "-n", str(folder / "_video_qa.sh")]).returncode == 0
+
+
+def test_projector_on_another_device(ckpts):
+    """Video-LLaVA under device_map="auto": image and frame tokens from the projector's device reach the text's."""
+    tokenizer, model = load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13)[:2]
+    image, video = clip(4, frames=1)[0, :, 0], clip(5)[0]
+    ids = tokenizer_image_token(build_prompt("<image>\n" + QUESTION, 8, "llava_v1", False), tokenizer,
+                                return_tensors="pt")[None]
+    with torch.no_grad():
+        expected = model(ids, images=[image, video]).logits
+        model.get_model().mm_projector = OnOtherDevice(model.get_model().mm_projector)
+        with TwoDevices():
+            got = model(ids, images=[image, video]).logits
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

@@ -5,12 +5,12 @@ Same answer-line format as ``model_vqa_loader``; only the default generation len
 from __future__ import annotations
 
 from llava.eval.model_vqa_loader import ANSWERS, build_parser, load_samples
-from llava.eval.runner import run
+from llava.eval.runner import parse_args, run
 from llava.eval.utils import cli
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(__doc__, max_new_tokens=1024).parse_args(argv)
+    args = parse_args(build_parser(__doc__, max_new_tokens=1024), argv)
     run(args, load_samples, ANSWERS)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.runner import AnswerFormat, Sample, add_common_args, run
+from llava.eval.runner import AnswerFormat, Sample, add_common_args, parse_args, run
 from llava.eval.utils import ArgumentParser, InputError, cli, iter_jsonl, require_keys
 from llava.mm_utils import load_image
 
@@ -49,7 +49,7 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(__doc__, max_new_tokens=128).parse_args(argv)
+    args = parse_args(build_parser(__doc__, max_new_tokens=128), argv)
     run(args, load_samples, ANSWERS)
 
 

@@ -15,7 +15,7 @@ import os
 from PIL import Image
 
 from llava.eval.model_vqa_science import SINGLE_PRED_EN
-from llava.eval.runner import AnswerFormat, Sample, add_common_args, run
+from llava.eval.runner import AnswerFormat, Sample, add_common_args, parse_args, run
 from llava.eval.utils import ArgumentParser, InputError, cli
 
 SINGLE_PRED_CN = "请直接回答选项字母。"
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-pred-prompt", action="store_true", help="append the answer-with-a-letter instruction")
     parser.add_argument("--lang", choices=["en", "cn"], default="en", help="language of the instruction (en or cn)")
     add_common_args(parser, max_new_tokens=1024)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     run(args, load_samples, ANSWERS)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from llava.eval.runner import AnswerFormat, Sample, add_common_args, run
+from llava.eval.runner import AnswerFormat, Sample, add_common_args, parse_args, run
 from llava.eval.utils import ArgumentParser, InputError, cli, read_json, require_keys
 from llava.mm_utils import load_image
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-pred-prompt", action="store_true", help="append the answer-with-a-letter instruction")
     parser.add_argument("--answer-prompter", action="store_true", help="accepted for upstream compatibility; has no effect")
     add_common_args(parser, max_new_tokens=1024, conv_mode="llava_v0")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     run(args, load_samples, ANSWERS)
 
 

@@ -33,9 +33,8 @@ from llava.eval.utils import InputError
 from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, get_model_name_from_path, process_images,
                             tokenizer_image_token)
 from llava.model.multimodal_encoder.clip_encoder import CLS_ATTN_ARITHMETICS
-from llava.pruning import available_methods, check_installed, cli_parameters, get_method, method_parameters
-
-PRUNING_METHODS = available_methods()
+from llava.pruning import (MethodChoices, check_installed, cli_parameters, get_method, import_modules,
+                           method_parameters)
 
 
 @dataclass
@@ -116,15 +115,36 @@ def add_chunk_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N questions of the chunk (quick runs)")
 
 
-def add_pruning_args(parser: argparse.ArgumentParser, methods: Sequence[str] = PRUNING_METHODS) -> None:
+def add_pruning_args(parser: argparse.ArgumentParser, methods: Sequence[str] | None = None) -> None:
+    """``--visual-token-num``, ``--pruning-method`` (``methods``, or every registered one when the value is checked),
+    each method's own flags and ``--import``; parse with :func:`parse_args`, which imports first."""
     parser.add_argument("--visual-token-num", type=int, default=None,
                         help="[FasterVLM] visual tokens kept per image (576 = all for LLaVA-1.5); default: no pruning")
-    parser.add_argument("--pruning-method", type=str, default="fastervlm", choices=methods,
+    parser.add_argument("--pruning-method", type=str, default="fastervlm", choices=methods or MethodChoices(),
                         help="how visual tokens are chosen (default fastervlm; the others are baselines and the "
-                             "paper's ablations, see llava/pruning/README.md)")
-    for p in cli_parameters():  # each method's own options, e.g. --fastv-k
+                             "paper's ablations, see llava/pruning/README.md; --import adds your own)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable), e.g. one defining your own @register'ed pruning method")
+    add_method_flags(parser)
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """Each registered method's own options (e.g. --fastv-k) that ``parser`` does not have yet."""
+    for p in cli_parameters():
+        if p.flag in parser._option_string_actions:
+            continue
         defaults = ", ".join(f"{name}: {value}" for name, value in p.defaults.items())
         parser.add_argument(p.flag, type=p.type, choices=p.choices, default=None, help=f"{p.help} (default {defaults})")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` after importing the ``--import`` modules, wherever they stand on the command line:
+    the methods they register are ``--pruning-method`` choices and their parameters are flags."""
+    imports = argparse.ArgumentParser(add_help=False)
+    imports.add_argument("--import", dest="imports", action="append", default=[])
+    import_modules(imports.parse_known_args(argv)[0].imports)
+    add_method_flags(parser)
+    return parser.parse_args(argv)
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
@@ -535,12 +555,8 @@ def generate_batch(model, tokenizer, processor, prompt_ids: list[list[int]], med
         input_ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompt_ids], device=device)
         mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         kwargs = {"attention_mask": mask}
-    previous_side = getattr(model.config, "tokenizer_padding_side", "right")
-    model.config.tokenizer_padding_side = "left" if len(prompt_ids) > 1 else previous_side
-    try:
-        output_ids = model.generate(input_ids, images=pixel_values, image_sizes=image_sizes, **kwargs, **gen_kwargs)
-    finally:
-        model.config.tokenizer_padding_side = previous_side
+    # The model splices a batch left-padded for generation (LlavaLlamaForCausalLM.generate).
+    output_ids = model.generate(input_ids, images=pixel_values, image_sizes=image_sizes, **kwargs, **gen_kwargs)
     texts = [t.strip() for t in tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
     counts = model.last_pruning.visual_tokens if pixel_values is not None and model.last_pruning else [0] * len(texts)
     return texts, list(counts)

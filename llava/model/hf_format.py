@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-from llava.eval.utils import InputError
+from llava.errors import InputError
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 
 # transformers' model_type → the class that writes such a checkpoint.
@@ -136,19 +136,6 @@ def original_config(model_path: str | os.PathLike, cfg: dict, image_processor: b
         out.update(image_aspect_ratio="anyres", image_grid_pinpoints=[[w, h] for h, w in hf.image_grid_pinpoints],
                    mm_patch_merge_type="spatial_unpad")
     return out
-
-
-def read_tower_state(model_path: str | os.PathLike, attr: str) -> dict:
-    """A Video-LLaVA tower's tensors (``image_tower`` / ``video_tower``) from a transformers-format checkpoint, named
-    as ``languagebind.LanguageBindVisionTransformer`` names them. The towers are built from their weights when
-    they load (``_LanguageBindTower.set_weights``), so ``from_pretrained`` leaves these keys alone."""
-    from llava.model.multimodal_encoder.languagebind import checkpoint_files, read_prefixed
-
-    for prefix in (f"{attr}.vision_model.", f"{attr}."):  # as transformers 4.x nests CLIPVisionModel, and 5.x flat
-        state = read_prefixed(checkpoint_files(model_path, prefix), prefix)
-        if state:
-            return state
-    return {}
 
 
 class _LoadingLlavaLlama(LlavaLlamaForCausalLM):

@@ -13,8 +13,8 @@ from llava.mm_utils import ANYRES_PROTOCOLS, anyres_resolution, check_image_aspe
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_encoder.languagebind import build_languagebind_towers
 from llava.model.multimodal_projector.builder import build_vision_projector
-from llava.pruning import InLLMPruningMethod, PruningMethod, get_method
-from llava.pruning.base import select_topk_raster
+from llava.pruning import PruningMethod, check_installed, get_method
+from llava.pruning.base import TowerOutputs, check_budget
 
 
 # How LLaVA-NeXT lays out the tokens of its crops (``mm_patch_merge_type``).
@@ -72,6 +72,9 @@ class PruningInfo:
     of the padded sequence (how in-LLM pruning finds the image, whatever the prompt template).
     ``llm_layer``: for an in-LLM pruning method (``llava.pruning``), the decoder layer from which only
     ``kept_indices`` remain, set by the prefill that pruned; every patch of ``token_sources`` enters the LLM.
+
+    Made by the encoders and completed by the splice (and, for an in-LLM method, by the prefill); never read to
+    decide what the model does next.
     """
 
     kept_indices: list[torch.Tensor] = field(default_factory=list)
@@ -89,6 +92,50 @@ class PruningInfo:
             groups.append(torch.stack(self.kept_indices[start:start + n]))
             start += n
         return groups
+
+
+@dataclass
+class LLMPruningPlan:
+    """[FasterVLM] What an in-LLM method prunes at the prefill after a splice; ``forward`` takes it as
+    ``pruning_plan=`` and ``prepare_inputs_for_generation`` passes it to the prefill only.
+
+    ``budget``: visual tokens kept per crop; ``patches``: patches per crop (or frame); ``pruning``: the splice's
+    :class:`PruningInfo` (spans, token sources, crops, [CLS] scores).
+    """
+
+    method: PruningMethod
+    budget: int
+    patches: int
+    pruning: PruningInfo
+
+
+@dataclass
+class Splice:
+    """[FasterVLM] What the splice made: the padded batch the LLM runs on and what the encoders kept.
+
+    ``inputs_embeds``: (B, L, D); ``attention_mask``/``position_ids``: (B, L); ``labels``: (B, L) or None;
+    ``pruning``: the :class:`PruningInfo` of this batch (``visual_tokens`` and ``visual_spans`` filled in).
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    pruning: PruningInfo
+
+
+def check_video_method(method: PruningMethod) -> None:
+    """[FasterVLM] Video-LLaVA's LanguageBind towers give features and [CLS] attention; a method asking for more fails."""
+    if method.tower_request.keys or method.tower_request.patch_attn:
+        raise NotImplementedError(f"pruning method {method.name!r} needs tower keys or patch attention, which "
+                                  "Video-LLaVA's LanguageBind towers do not provide")
+
+
+def padding_side(attention_mask: torch.Tensor | None) -> str:
+    """``"left"`` when some row of ``attention_mask`` (B, L) starts with padding, else ``"right"``."""
+    if attention_mask is None or attention_mask.shape[1] == 0:
+        return "right"
+    return "left" if not bool(attention_mask[:, 0].all()) else "right"
 
 
 def unpadded_bounds(height: int, width: int, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -157,17 +204,27 @@ def anyres_token_sources(keep_mask: torch.Tensor, merge_type: str, grid_shape: t
 
 
 class LlavaMetaForCausalLM(ABC):
-    """Mixin for the causal LM: turns ``input_ids`` with ``IMAGE_TOKEN_INDEX`` placeholders into embeddings."""
+    """Mixin for the causal LM: turns ``input_ids`` with ``IMAGE_TOKEN_INDEX`` placeholders into embeddings.
 
-    # [FasterVLM] None keeps every patch (vanilla LLaVA); an int keeps that many per image.
-    visual_token_num: int | None = None
-    last_pruning: PruningInfo | None = None
-    # [FasterVLM] How the visual_token_num tokens are chosen (``llava.pruning``); FasterVLM unless set.
-    pruning_method: PruningMethod = get_method("fastervlm")
+    [FasterVLM] Per instance (set in ``__init__``): ``visual_token_num``, the budget (None keeps every patch, as
+    vanilla LLaVA; an int keeps that many per image, crop or frame); ``pruning_method``, how the budget's tokens
+    are chosen (``llava.pruning``; FasterVLM unless set); ``last_pruning``, the report of the last multimodal
+    ``generate`` or ``forward``, written once by the call that finished the pruning.
+    """
+
+    visual_token_num: int | None
+    pruning_method: PruningMethod
+    last_pruning: PruningInfo | None
 
     @abstractmethod
     def get_model(self):
         ...
+
+    def init_pruning(self, visual_token_num: int | None = None) -> None:
+        """[FasterVLM] The per-instance pruning state: FasterVLM with ``visual_token_num``, no report yet."""
+        self.set_visual_token_num(visual_token_num)
+        self.pruning_method = get_method("fastervlm")
+        self.last_pruning = None
 
     def get_vision_tower(self):
         return self.get_model().get_vision_tower()
@@ -188,10 +245,7 @@ class LlavaMetaForCausalLM(ABC):
 
     def set_visual_token_num(self, visual_token_num: int | None) -> None:
         """[FasterVLM] Set the per-image budget; checked against the patch count at the next forward."""
-        if visual_token_num is not None and (isinstance(visual_token_num, bool) or int(visual_token_num) != visual_token_num
-                                             or visual_token_num < 0):
-            raise ValueError(f"visual_token_num must be None or a non-negative integer, got {visual_token_num!r}")
-        self.visual_token_num = None if visual_token_num is None else int(visual_token_num)
+        self.visual_token_num = check_budget(visual_token_num)
 
     def get_pruning_method(self) -> PruningMethod:
         return self.pruning_method
@@ -203,59 +257,100 @@ class LlavaMetaForCausalLM(ABC):
             method = get_method(method, **params)
         elif params:
             raise ValueError("parameters go with a method name, not with a method instance")
-        if isinstance(method, InLLMPruningMethod):
-            from llava.pruning.llm import check_supported
-
-            check_supported()
+        check_installed(method)
         self.pruning_method = method
 
     def select_crop_tokens(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """[FasterVLM] Run the tower on (B, 3, H, W) crops and let the pruning method pick each crop's own top-k.
+        """[FasterVLM] Run the vision tower on (B, 3, H, W) crops and let the pruning method pick each crop's own
+        top-k.
 
         Returns the features (B, N, C) to gather from (a merging method rewrites the kept rows), the kept raster
         indices (B, k) and the head-mean [CLS] scores (B, N), None if the method needs no [CLS] attention.
         An in-LLM method keeps every patch here: it prunes inside the LLM.
         """
         method = self.get_pruning_method()
-        tower = self.get_vision_tower()(crops, request=method.tower_request)
+        outputs = self.get_vision_tower()(crops, request=method.tower_request)
+        return self.select_tokens(outputs, self.get_model().config.mm_vision_select_feature == "patch")
+
+    def select_tokens(self, tower, prunable: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """[FasterVLM] The pruning method's choice on a tower's outputs (``TowerOutputs``): features (B, N, C),
+        kept raster indices (B, k) and head-mean [CLS] scores (B, N) or None. Keeps every patch without a budget
+        or when the features are not patches only (``prunable`` False)."""
         # (B, N): unweighted head mean, in the image dtype as upstream
         scores = tower.cls_scores if tower.cls_attn is not None else None
-        k = self.visual_token_num
-        if k is None or self.get_model().config.mm_vision_select_feature != "patch":
+        budget = self.visual_token_num
+        if budget is None or not prunable:
             keep = torch.arange(tower.features.shape[1], device=tower.features.device)
             return tower.features, keep.expand(tower.features.shape[0], -1), scores
-        features, keep = method.select_patches(tower, k)
+        features, keep = self.get_pruning_method().select_patches(tower, budget)
         return features, keep, scores
 
-    def encode_images(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """[FasterVLM] (B, 3, H, W) → one (k, D) tensor per image, kept patches in raster order."""
-        features, keep, scores = self.select_crop_tokens(images)
+    def project_kept(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) features, (B, k) kept indices → (B, k, D) projected tokens, on the projector's device."""
         # The projector is per-token, so projecting only the kept patches equals upstream's project-then-mask.
         kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (B, k, C)
-        projected = self.get_model().mm_projector(kept)  # (B, k, D)
-        self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
-                                        token_sources=list(keep))
-        return list(projected)
+        return self.get_model().mm_projector(kept)  # (B, k, D)
 
-    def encode_videos(self, videos: torch.Tensor) -> list[torch.Tensor]:
+    def encode_images(self, images: torch.Tensor) -> tuple[list[torch.Tensor], PruningInfo]:
+        """[FasterVLM] (B, 3, H, W) → one (k, D) tensor per image, kept patches in raster order, and what was kept."""
+        features, keep, scores = self.select_crop_tokens(images)
+        info = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
+                           token_sources=list(keep))
+        return list(self.project_kept(features, keep)), info
+
+    def encode_videos(self, videos: torch.Tensor) -> tuple[list[torch.Tensor], PruningInfo]:
         """[FasterVLM] Video-LLaVA: (B, 3, T, H, W) → B·T tensors (L, D), video after video, frame after frame.
 
-        Each frame keeps its own top-L patches (L = ``visual_token_num``, None: all) by the head mean of the
-        video tower's spatial [CLS] attention, in raster order: 8·L tokens per 8-frame video, no cross-frame budget.
+        Each frame is a crop for the pruning method: it keeps its own L patches (L = ``visual_token_num``, None:
+        all), FasterVLM's by the head mean of the video tower's spatial [CLS] attention, in raster order: 8·L
+        tokens per 8-frame video, no cross-frame budget.
         """
         features, cls_attn = self.get_model().video_tower(videos)  # (B, T, N, C), (B, T, heads, N)
-        features = features.flatten(0, 1)  # (B·T, N, C)
-        scores = cls_attn.mean(dim=2).flatten(0, 1)  # (B·T, N): unweighted head mean, in the video dtype as upstream
-        k = self.visual_token_num
-        keep = (torch.arange(features.shape[1], device=features.device).expand(features.shape[0], -1) if k is None
-                else select_topk_raster(scores, k))  # (B·T, L)
-        kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (B·T, L, C)
-        self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
-                                        token_sources=list(keep))
-        return list(self.get_model().mm_projector(kept))
+        check_video_method(self.get_pruning_method())
+        # Every frame is a crop: (B·T, N, C) features, (B·T, heads, N) [CLS] attention.
+        tower = TowerOutputs(features.flatten(0, 1), cls_attn.flatten(0, 1))
+        features, keep, scores = self.select_tokens(tower)
+        info = PruningInfo(kept_indices=list(keep), crops_per_image=[1] * len(keep), cls_attn=scores,
+                           token_sources=list(keep))
+        return list(self.project_kept(features, keep)), info
 
-    def encode_anyres_images(self, images, image_sizes=None) -> list[torch.Tensor]:
-        """LLaVA-NeXT: (B, n, 3, H, W) or a list of (n_i, 3, H, W) crops → one (L_i, D) tensor per image.
+    def encode_video_llava_inputs(self, images) -> tuple[list[torch.Tensor], PruningInfo]:
+        """[FasterVLM] Video-LLaVA's ``images``: a list of (3, H, W) images and (3, T, H, W) videos, a (B, 3, H, W)
+        image batch or a (B, 3, T, H, W) video batch. Returns one (k, D) tensor per ``<image>`` placeholder, in
+        order (T per video), and a :class:`PruningInfo` with one "crop" per placeholder: ``kept_indices`` (all
+        patches for an image, the method's choice for a video frame) and ``cls_attn`` (placeholders, N), the
+        head-mean [CLS] attention.
+        """
+        items = list(images)  # a 4-D batch iterates (3, H, W) images, a 5-D one (3, T, H, W) videos
+        if any(x.ndim not in (3, 4) for x in items):
+            raise ValueError("Video-LLaVA takes (3, H, W) images and (3, T, H, W) videos")
+        inner = self.get_model()
+        # Per item: its placeholders' projected features, kept indices and scores.
+        per_item: list[tuple[list, list, list]] = [([], [], []) for _ in items]
+        image_pos = [i for i, x in enumerate(items) if x.ndim == 3]
+        video_pos = [i for i, x in enumerate(items) if x.ndim == 4]
+        if image_pos:
+            if inner.image_tower is None:
+                raise ValueError("this checkpoint has no image tower (mm_image_tower)")
+            features, cls_attn = inner.image_tower(torch.stack([items[i] for i in image_pos]))  # (B, N, C), (B, heads, N)
+            all_patches = torch.arange(cls_attn.shape[-1], device=features.device)
+            for i, projected, scores in zip(image_pos, inner.mm_projector(features), cls_attn.mean(dim=1)):
+                per_item[i] = ([projected], [all_patches], [scores])
+        if video_pos:
+            frames, info = self.encode_videos(torch.stack([items[i] for i in video_pos]))  # B·T tensors (L, D)
+            T = items[video_pos[0]].shape[1]
+            for j, i in enumerate(video_pos):
+                span = slice(j * T, (j + 1) * T)
+                per_item[i] = (frames[span], info.kept_indices[span], list(info.cls_attn[span]))
+        features, kept, scores = ([x for item in per_item for x in item[part]] for part in range(3))
+        # Images and frames may sit on different devices (towers vs projector under device_map="auto").
+        scores = [x.to(scores[0].device) for x in scores]
+        return features, PruningInfo(kept_indices=kept, crops_per_image=[1] * len(kept), cls_attn=torch.stack(scores),
+                                     token_sources=kept)
+
+    def encode_anyres_images(self, images, image_sizes=None) -> tuple[list[torch.Tensor], PruningInfo]:
+        """LLaVA-NeXT: (B, n, 3, H, W) or a list of (n_i, 3, H, W) crops → one (L_i, D) tensor per image, and what
+        was kept.
 
         ``image_sizes``: the original ``(width, height)`` of each image, as ``PIL.Image.size`` gives it;
         the vanilla and released protocols need it for the grid shape, vanilla also for the unpadding.
@@ -304,44 +399,43 @@ class LlavaMetaForCausalLM(ABC):
         projected = self.get_model().mm_projector(flat_features[patch_ids])  # (Σ kept, D)
         out, used = [], 0
         for src in sources:
-            is_patch = src >= 0
+            # On the projector's device: under device_map="auto" it may differ from the tower's and image_newline's.
+            is_patch = (src >= 0).to(projected.device)
             tokens = projected.new_empty((src.shape[0], projected.shape[-1]))  # (L_i, D)
             count = int(is_patch.sum())
             tokens[is_patch] = projected[used:used + count]
             used += count
             if not is_patch.all():
-                tokens[~is_patch] = self.get_model().image_newline.to(tokens.dtype)
+                tokens[~is_patch] = self.get_model().image_newline.to(tokens.device, tokens.dtype)
             out.append(tokens)
-        self.last_pruning = PruningInfo(kept_indices=list(keep), crops_per_image=crops_per_image, cls_attn=scores,
-                                        token_sources=sources)
-        return out
+        return out, PruningInfo(kept_indices=list(keep), crops_per_image=crops_per_image, cls_attn=scores,
+                                token_sources=sources)
 
-    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
-                                             images, image_sizes=None):
+    def encode_multimodal(self, images, image_sizes=None) -> tuple[list[torch.Tensor], PruningInfo]:
+        """The visual tokens of ``images`` (one (L_i, D) tensor per ``<image>`` placeholder) and what was kept."""
+        if getattr(self.get_model(), "video_tower", None) is not None:  # [FasterVLM] Video-LLaVA
+            return self.encode_video_llava_inputs(images)
+        if isinstance(images, list) or images.ndim == 5:
+            return self.encode_anyres_images(images, image_sizes)
+        return self.encode_images(images)
+
+    def has_visual_input(self, input_ids, images) -> bool:
+        """Whether this call splices images: a multimodal model, images given, and a prompt (not a decode step)."""
+        inner = self.get_model()
+        multimodal = self.get_vision_tower() is not None or getattr(inner, "video_tower", None) is not None
+        return multimodal and images is not None and input_ids.shape[1] != 1
+
+    def splice(self, input_ids, attention_mask, labels, images, image_sizes=None, side: str | None = None) -> Splice:
         """Replace each ``IMAGE_TOKEN_INDEX`` by that image's (pruned) visual tokens.
 
-        Returns LLaVA's 6-tuple ``(None, position_ids, attention_mask, past_key_values, inputs_embeds, labels)``.
-        Kept tokens get contiguous positions 0..L-1, exactly as if the pruned patches had never existed.
+        ``side``: where to pad the spliced batch, ``"left"`` (generation) or ``"right"``; by default the side the
+        attention mask pads (:func:`padding_side`). Kept tokens get contiguous positions 0..L-1, exactly as if the
+        pruned patches had never existed.
         """
-        vision_tower = self.get_vision_tower()
-        video_llava = getattr(self.get_model(), "video_tower", None) is not None  # [FasterVLM] Video-LLaVA
-        if (vision_tower is None and not video_llava) or images is None or input_ids.shape[1] == 1:
-            return input_ids, position_ids, attention_mask, past_key_values, None, labels
-
-        if video_llava:
-            from llava.model.video_llava import encode_video_llava_inputs  # a function-level import: it imports this module
-
-            image_features = encode_video_llava_inputs(self, images)
-        elif isinstance(images, list) or images.ndim == 5:
-            image_features = self.encode_anyres_images(images, image_sizes)
-        else:
-            image_features = self.encode_images(images)
-
-        _labels, _position_ids, _attention_mask = labels, position_ids, attention_mask
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        else:
-            attention_mask = attention_mask.bool()
+        image_features, info = self.encode_multimodal(images, image_sizes)
+        left = (side or padding_side(attention_mask)) == "left"
+        attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                          else attention_mask.bool())
         if labels is None:
             labels = torch.full_like(input_ids, IGNORE_INDEX)
 
@@ -362,7 +456,8 @@ class LlavaMetaForCausalLM(ABC):
                 if i < len(image_pos):
                     if image_idx >= len(image_features):
                         raise ValueError(f"the prompts hold more <image> placeholders than the {len(image_features)} images given")
-                    feats = image_features[image_idx].to(chunk.dtype)
+                    # [FasterVLM] device too: under device_map="auto" the projector may sit on another GPU.
+                    feats = image_features[image_idx].to(chunk.device, chunk.dtype)
                     image_idx += 1
                     start = sum(piece.shape[0] for piece in pieces)
                     visual_spans.append((len(new_embeds), start, start + feats.shape[0]))
@@ -375,15 +470,12 @@ class LlavaMetaForCausalLM(ABC):
             visual_counts.append(count)
         if image_idx != len(image_features):
             raise ValueError(f"{len(image_features)} images were given but the prompts hold {image_idx} <image> placeholders")
-        self.last_pruning.visual_tokens = visual_counts
 
         max_len = getattr(self.config, "tokenizer_model_max_length", None)
         if max_len is not None:
             new_embeds = [x[:max_len] for x in new_embeds]
             new_labels = [x[:max_len] for x in new_labels]
 
-        # Re-pad on the side the tokenizer pads (left for batched generation).
-        left = getattr(self.config, "tokenizer_padding_side", "right") == "left"
         batch, longest = len(new_embeds), max(x.shape[0] for x in new_embeds)
         hidden = new_embeds[0].shape[-1]
         embeds = new_embeds[0].new_zeros((batch, longest, hidden))
@@ -398,13 +490,23 @@ class LlavaMetaForCausalLM(ABC):
         # [FasterVLM] The spans in the padded batch: shifted by left padding, cut by the truncation above.
         lengths = [x.shape[0] for x in new_embeds]
         shifts = [longest - n if left else 0 for n in lengths]
-        self.last_pruning.visual_spans = [
-            (row, min(start, lengths[row]) + shifts[row], min(end, lengths[row]) + shifts[row])
-            for row, start, end in visual_spans]
+        info.visual_tokens = visual_counts
+        info.visual_spans = [(row, min(start, lengths[row]) + shifts[row], min(end, lengths[row]) + shifts[row])
+                             for row, start, end in visual_spans]
+        return Splice(embeds, attention_mask, position_ids, out_labels, info)
 
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values, labels,
+                                             images, image_sizes=None):
+        """LLaVA's splice API: the 6-tuple ``(None, position_ids, attention_mask, past_key_values, inputs_embeds,
+        labels)``, inputs unchanged when there is nothing to splice. [FasterVLM] Records ``last_pruning``; the
+        model's own ``forward`` and ``generate`` call :meth:`splice`, which returns it instead."""
+        if not self.has_visual_input(input_ids, images):
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        spliced = self.splice(input_ids, attention_mask, labels, images, image_sizes)
+        self.last_pruning = spliced.pruning
         return (None,
-                None if _position_ids is None else position_ids,
-                None if _attention_mask is None else attention_mask.to(_attention_mask.dtype),
+                None if position_ids is None else spliced.position_ids,
+                None if attention_mask is None else spliced.attention_mask.to(attention_mask.dtype),
                 past_key_values,
-                embeds,
-                None if _labels is None else out_labels)
+                spliced.inputs_embeds,
+                None if labels is None else spliced.labels)

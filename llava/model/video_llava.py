@@ -5,60 +5,37 @@ A Video-LLaVA checkpoint is a LLaVA-LLaMA checkpoint whose config names ``mm_ima
 ``mm_vision_tower``. ``LlavaMetaModel`` builds both towers from those keys; this module loads such a
 checkpoint and turns Video-LLaVA's ``images`` argument (images and videos mixed) into one feature
 tensor per ``<image>`` placeholder: one per image (all patches, never pruned) and one per video
-frame (``encode_videos``: that frame's top-L patches by [CLS] attention). A video fills as many
-consecutive placeholders as it has frames, so the prompt holds eight ``<image>`` per video.
+frame (``encode_videos``: the pruning method's L patches of that frame, FasterVLM's by [CLS] attention). A video
+fills as many consecutive placeholders as it has frames, so the prompt holds eight ``<image>`` per video.
+
+The encoder itself is ``LlavaMetaForCausalLM.encode_video_llava_inputs`` (beside the image encoders); the config
+readers live in ``llava.model.checkpoint`` and are re-exported here under their old names.
 """
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
-import torch
-
-from llava.model.llava_arch import PruningInfo
+from llava.model.checkpoint import (is_video_llava, llm_load_kwargs, load_llava_llama, patches_per_frame,
+                                    place_model, read_video_llava_config, video_tower_config)
+from llava.model.llava_arch import check_video_method
 from llava.model.multimodal_encoder.clip_encoder import check_cls_attn_arithmetic
+from llava.pruning import get_method
+from llava.pruning.base import PruningMethod, check_budget
+from llava.video_utils import VideoProcessor
 
-
-def read_video_llava_config(model_path: str | os.PathLike) -> dict | None:
-    """The checkpoint's ``config.json`` if it is a Video-LLaVA one (names ``mm_video_tower``), else None."""
-    from llava.model.builder import read_model_config  # a function-level import: builder imports this module
-
-    if not (Path(model_path) / "config.json").is_file():
-        return None
-    cfg = read_model_config(model_path)
-    return cfg if cfg.get("mm_video_tower") and not cfg.get("mm_vision_tower") else None
-
-
-def is_video_llava(model_path: str | os.PathLike) -> bool:
-    return read_video_llava_config(model_path) is not None
-
-
-def video_tower_config(model_path: str | os.PathLike):
-    """The checkpoint's video tower shape (a ``languagebind.TowerConfig``), from configs only."""
-    from llava.model.multimodal_encoder.languagebind import TowerConfig, read_tower_config, tower_folder
-
-    cfg = read_video_llava_config(model_path)
-    if cfg is None:
-        raise ValueError(f"{model_path}: not a Video-LLaVA checkpoint (no mm_video_tower)")
-    if cfg.get("mm_vision_config"):  # [FasterVLM] a transformers-format checkpoint (llava.model.hf_format)
-        return TowerConfig.from_dict(cfg["mm_vision_config"])
-    folder = tower_folder(cfg["mm_video_tower"], model_path)
-    return TowerConfig.from_dict(read_tower_config(folder)["vision_config"])
-
-
-def patches_per_frame(model_path: str | os.PathLike) -> int:
-    """Patches per video frame of the checkpoint's video tower (256 for Video-LLaVA-7B), from configs only."""
-    return video_tower_config(model_path).num_patches
+__all__ = ["is_video_llava", "load_video_llava", "patches_per_frame",
+           "read_video_llava_config", "video_tower_config"]
 
 
 def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=False, device_map="auto", device="cuda",
-                     use_flash_attn=False, visual_token_num=None, **kwargs):
+                     use_flash_attn=False, visual_token_num=None, pruning_method: str | PruningMethod = "fastervlm",
+                     **kwargs):
     """Load a Video-LLaVA checkpoint: ``(tokenizer, model, {"image": ..., "video": ...}, context_len)``.
 
     The processor dict mirrors upstream's: ``"image"`` a CLIP image processor, ``"video"`` a
     :class:`llava.video_utils.VideoProcessor` (path → (3, T, 224, 224)).
-    ``visual_token_num`` [FasterVLM]: patches kept per video frame, 0..256 (None keeps all 256).
+    ``visual_token_num`` [FasterVLM]: patches kept per video frame, 0..256 (None keeps all 256), chosen by
+    ``pruning_method`` (a name or an instance; the towers give [CLS] attention, not keys or patch attention).
     ``torch_dtype``/``dtype``: the LLM's dtype (fp16 on CUDA, fp32 on CPU by default).
     ``vision_tower_dtype``: both towers' dtype; by default the LLM's, as upstream casts both towers to fp16.
     ``cls_attn_arithmetic`` [FasterVLM]: ``"fp32"`` (default) or ``"upstream"`` (upstream's eager fp16 attention
@@ -67,9 +44,6 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     Tower weights: ``languagebind._LanguageBindTower.load_weights`` (the LanguageBind repositories, as upstream;
     the checkpoint's embedded copy only as a fallback, with a warning); ``weights_source`` on each tower says which.
     """
-    from llava.model.builder import llm_load_kwargs, load_llava_llama
-    from llava.video_utils import VideoProcessor
-
     if model_base is not None:
         raise NotImplementedError(f"--model-base {model_base}: LoRA / projector-only Video-LLaVA checkpoints are not supported")
     if load_8bit or load_4bit:
@@ -80,11 +54,10 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     if cfg_dict.get("mm_use_im_start_end") or cfg_dict.get("mm_use_im_patch_token"):
         raise NotImplementedError(f"{model_path}: mm_use_im_start_end / mm_use_im_patch_token are not supported "
                                   "(Video-LLaVA-7B sets both false)")
-    n = patches_per_frame(model_path)
-    if visual_token_num is not None and not 0 <= visual_token_num <= n:
-        raise ValueError(f"--visual-token-num {visual_token_num} must lie in [0, {n}] (patches per video frame)")
+    check_budget(visual_token_num, patches_per_frame(model_path), unit="video frame")
+    method = pruning_method if isinstance(pruning_method, PruningMethod) else get_method(pruning_method)
+    check_video_method(method)
 
-    on_cuda = str(device).startswith("cuda")
     dtype, load_kwargs = llm_load_kwargs(device, device_map, use_flash_attn, kwargs)
     tower_dtype = kwargs.pop("vision_tower_dtype", None) or dtype
     arithmetic = check_cls_attn_arithmetic(kwargs.pop("cls_attn_arithmetic", None))
@@ -99,12 +72,12 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     for tower in towers:
         tower.load_weights(model_path)
     model.set_visual_token_num(visual_token_num)
+    model.set_pruning_method(method)
 
-    if not on_cuda:
-        model.to(device)
-    projector_device = next(inner.mm_projector.parameters()).device  # towers feed the projector
+    # [FasterVLM] The towers go where the image path's tower goes; their features follow the projector's device.
+    tower_device = place_model(model, device, load_kwargs)
     for tower in towers:
-        tower.to(device=projector_device, dtype=tower_dtype)
+        tower.to(device=tower_device, dtype=tower_dtype)
     model.eval()
 
     processor = {"image": inner.image_tower.image_processor if inner.image_tower is not None else None,
@@ -112,36 +85,3 @@ def load_video_llava(model_path, model_base=None, load_8bit=False, load_4bit=Fal
     context_len = getattr(model.config, "max_sequence_length", None) or 2048
     return tokenizer, model, processor, context_len
 
-
-def encode_video_llava_inputs(model, images) -> list[torch.Tensor]:
-    """Video-LLaVA's ``images``: a list of (3, H, W) images and (3, T, H, W) videos, a (B, 3, H, W) image batch or a
-    (B, 3, T, H, W) video batch. Returns one (k, D) tensor per ``<image>`` placeholder, in order (T per video).
-
-    Sets ``model.last_pruning`` with one "crop" per placeholder: ``kept_indices`` (all patches for an
-    image, the top-L for a video frame) and ``cls_attn`` (placeholders, N), the head-mean [CLS] attention.
-    """
-    items = list(images)  # a 4-D batch iterates (3, H, W) images, a 5-D one (3, T, H, W) videos
-    if any(x.ndim not in (3, 4) for x in items):
-        raise ValueError("Video-LLaVA takes (3, H, W) images and (3, T, H, W) videos")
-    inner = model.get_model()
-    # Per item: its placeholders' projected features, kept indices and scores.
-    per_item: list[tuple[list, list, list]] = [([], [], []) for _ in items]
-    image_pos = [i for i, x in enumerate(items) if x.ndim == 3]
-    video_pos = [i for i, x in enumerate(items) if x.ndim == 4]
-    if image_pos:
-        if inner.image_tower is None:
-            raise ValueError("this checkpoint has no image tower (mm_image_tower)")
-        features, cls_attn = inner.image_tower(torch.stack([items[i] for i in image_pos]))  # (B, N, C), (B, heads, N)
-        all_patches = torch.arange(cls_attn.shape[-1], device=features.device)
-        for i, projected, scores in zip(image_pos, inner.mm_projector(features), cls_attn.mean(dim=1)):
-            per_item[i] = ([projected], [all_patches], [scores])
-    if video_pos:
-        frames = model.encode_videos(torch.stack([items[i] for i in video_pos]))  # B·T tensors (L, D)
-        info, T = model.last_pruning, items[video_pos[0]].shape[1]
-        for j, i in enumerate(video_pos):
-            span = slice(j * T, (j + 1) * T)
-            per_item[i] = (frames[span], info.kept_indices[span], list(info.cls_attn[span]))
-    features, kept, scores = ([x for item in per_item for x in item[part]] for part in range(3))
-    model.last_pruning = PruningInfo(kept_indices=kept, crops_per_image=[1] * len(kept), cls_attn=torch.stack(scores),
-                                     token_sources=kept)
-    return features

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from llava.pruning import register
 from llava.pruning.base import (InLLMPruningMethod, LLMPruningContext, PruningMethod, TowerOutputs, TowerRequest,
-                                image_grid_side)
+                                check_budget, image_grid_side)
+from llava.pruning.registry import register
 
 
 def center_prior(side: int, sigma: float, device=None) -> torch.Tensor:
@@ -97,21 +97,21 @@ class AdaptPrune(_SoftNMSParameters, InLLMPruningMethod):
     name = "adaptprune"
     attention_rows = "last"
 
-    k: int = field(default=2, metadata={"flag": "--adaptprune-k",
-                                        "help": "AdaptPrune: prune before this LLM layer, scoring with layer K-1"})
+    layer: int = field(default=2, metadata={"flag": "--adaptprune-k",
+                                            "help": "AdaptPrune: prune before this LLM layer, scoring with layer K-1"})
     center_sigma: float = field(default=12.0, metadata=CENTER_SIGMA)
     radius: float = field(default=5.0, metadata=RADIUS)
     sigma_d: float = field(default=1.5, metadata=SIGMA_D)
     sigma_s: float = field(default=0.05, metadata=SIGMA_S)
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"AdaptPrune needs layer K-1's attention: --adaptprune-k must be >= 1, got {self.k}")
+        if self.layer < 1:
+            raise ValueError(f"AdaptPrune needs layer K-1's attention: --adaptprune-k must be >= 1, got {self.layer}")
         super().__post_init__()
 
     @property
     def llm_layer(self) -> int:
-        return self.k
+        return self.layer
 
     def select_in_llm(self, ctx: LLMPruningContext) -> torch.Tensor:
         keep = torch.zeros(ctx.hidden.shape[:2], dtype=torch.bool, device=ctx.hidden.device)  # (B, L)
@@ -149,10 +149,8 @@ class AdaptPruneCLS(_SoftNMSParameters, PruningMethod):
     sigma_d: float = field(default=1.5, metadata=SIGMA_D)
     sigma_s: float = field(default=0.05, metadata=SIGMA_S)
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = tower.features.shape[1]
-        if not 0 <= k <= n:
-            raise ValueError(f"visual_token_num={k} is out of range: the vision tower yields {n} patches per image")
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        check_budget(budget, tower.features.shape[1])
         keys = tower.keys.transpose(1, 2).flatten(2)  # (B, H, N, D) → (B, N, H·D)
-        keep = torch.stack([self.pick(scores, crop_keys, k) for scores, crop_keys in zip(tower.cls_scores, keys)])
+        keep = torch.stack([self.pick(scores, crop_keys, budget) for scores, crop_keys in zip(tower.cls_scores, keys)])
         return tower.features, keep

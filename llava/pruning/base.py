@@ -14,14 +14,27 @@ import torch
 import torch.nn as nn
 
 
+def check_budget(budget, patches: int | None = None, unit: str = "image") -> int | None:
+    """[FasterVLM] The per-crop budget (visual tokens kept per image, crop or frame) as an int, None keeping all.
+
+    The one check of a budget: an integer in [0, ``patches``] (``patches`` None: not known yet, only >= 0).
+    """
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise ValueError(f"visual_token_num must be None or a non-negative integer, got {budget!r}")
+    if patches is not None and budget > patches:
+        raise ValueError(f"visual_token_num={budget} is out of range: it exceeds the {patches} patches per {unit}")
+    return int(budget)
+
+
 def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row, returned in ascending (raster) order.
+    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row (``k``: the budget), returned in ascending (raster)
+    order.
 
     ``scores``: (B, N) → (B, k). Sorting restores the original spatial order of the kept patches.
     """
-    n = scores.shape[-1]
-    if not 0 <= k <= n:
-        raise ValueError(f"visual_token_num={k} is out of range: the vision tower yields {n} patches per image")
+    check_budget(k, scores.shape[-1])
     return scores.topk(k, dim=-1).indices.sort(dim=-1).values
 
 
@@ -114,8 +127,9 @@ class PruningMethod:
         """None: prunes before the LLM. K: prunes inside the LLM, before decoder layer K."""
         return None
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pick ``k`` patches per crop: returns the features (B, N, C) to gather from and the raster indices (B, k).
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick ``budget`` patches per crop: returns the features (B, N, C) to gather from and the raster indices
+        (B, budget).
 
         The features are ``tower.features`` unless the method rewrites the kept rows (e.g. merging).
         """
@@ -128,7 +142,7 @@ class InLLMPruningMethod(PruningMethod):
     # Which query rows of layer K−1's attention the method scores with (see LLMPruningContext), or None.
     attention_rows: ClassVar[str | None] = None
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
         keep = torch.arange(tower.features.shape[1], device=tower.features.device)
         return tower.features, keep.expand(tower.features.shape[0], -1)
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.pruning import register
 from llava.pruning.base import InLLMPruningMethod, LLMPruningContext, TowerRequest, select_topk_raster
+from llava.pruning.registry import register
 
 
 @register

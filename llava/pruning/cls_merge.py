@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llava.pruning import register
 from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, select_topk_raster
+from llava.pruning.registry import register
 
 
 @register
@@ -23,17 +23,17 @@ class ClsMerge(PruningMethod):
     name = "cls-merge"
     tower_request = TowerRequest(cls_attn=True, keys=True)
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = select_topk_raster(tower.cls_scores, k)  # (B, k)
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keep = select_topk_raster(tower.cls_scores, budget)  # (B, budget)
         keys = F.normalize(tower.keys.float().mean(dim=1), dim=-1)  # (B, H, N, D) → (B, N, D)
         features = tower.features.clone()
         dropped = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device).scatter_(1, keep, False)
         for b in range(features.shape[0]):
-            pruned = dropped[b].nonzero().squeeze(1)  # (N−k,)
-            if k == 0 or pruned.numel() == 0:
+            pruned = dropped[b].nonzero().squeeze(1)  # (N−budget,)
+            if budget == 0 or pruned.numel() == 0:
                 continue
-            target = (keys[b, pruned] @ keys[b, keep[b]].T).argmax(dim=-1)  # (N−k,): index into keep[b]
+            target = (keys[b, pruned] @ keys[b, keep[b]].T).argmax(dim=-1)  # (N−budget,): index into keep[b]
             sums = tower.features[b, keep[b]].float().index_add(0, target, tower.features[b, pruned].float())
-            counts = 1 + torch.bincount(target, minlength=k)  # the kept patch itself, plus its assigned ones
+            counts = 1 + torch.bincount(target, minlength=budget)  # the kept patch itself, plus its assigned ones
             features[b, keep[b]] = (sums / counts[:, None]).to(features.dtype)
         return features, keep

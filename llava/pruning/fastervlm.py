@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.pruning import register
 from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, select_topk_raster
+from llava.pruning.registry import register
 
 
 @register
@@ -17,5 +17,5 @@ class FasterVLM(PruningMethod):
     name = "fastervlm"
     tower_request = TowerRequest(cls_attn=True)
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return tower.features, select_topk_raster(tower.cls_scores, k)
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return tower.features, select_topk_raster(tower.cls_scores, budget)

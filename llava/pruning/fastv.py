@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llava.pruning import register
 from llava.pruning.base import InLLMPruningMethod, LLMPruningContext
+from llava.pruning.registry import register
 
 SCORES = ("last", "all", "all-visible")
 
@@ -25,22 +25,22 @@ class FastV(InLLMPruningMethod):
 
     name = "fastv"
 
-    k: int = field(default=2, metadata={"flag": "--fastv-k",
-                                        "help": "FastV: prune before this LLM layer, ranking by layer K-1's attention"})
+    layer: int = field(default=2, metadata={"flag": "--fastv-k",
+                                            "help": "FastV: prune before this LLM layer, ranking by layer K-1's attention"})
     score: str = field(default="last", metadata={"flag": "--fastv-score", "choices": SCORES,
                                                  "help": "FastV: rank image tokens by the attention of the last token, "
                                                          "the mean over all tokens (masked zeros counted), or the mean "
                                                          "over the tokens that can see them"})
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"FastV needs layer K-1's attention: --fastv-k must be >= 1, got {self.k}")
+        if self.layer < 1:
+            raise ValueError(f"FastV needs layer K-1's attention: --fastv-k must be >= 1, got {self.layer}")
         if self.score not in SCORES:
             raise ValueError(f"FastV score must be one of {SCORES}, got {self.score!r}")
 
     @property
     def llm_layer(self) -> int:
-        return self.k
+        return self.layer
 
     @property
     def attention_rows(self) -> str:

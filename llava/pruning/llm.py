@@ -15,7 +15,6 @@ against the cache of the layer group they serve.
 """
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -51,12 +50,20 @@ def _causal_mask(config, hidden: torch.Tensor, padding: torch.Tensor, cache, pos
 
 @dataclass
 class PrunedCache:
-    """What a pruned prefill leaves for the decode steps that continue its cache."""
+    """What a pruned prefill leaves for the decode steps that continue its cache. The prefill stores it on that
+    cache (:func:`pruned_cache`), so the cache the caller passes back says itself how its layers were filled."""
 
-    cache: weakref.ref  # the DynamicCache it filled; weak, so the state never keeps a finished generation's cache
     layer: int  # K: layers ≥ K hold only the kept tokens
     kept_positions: torch.Tensor  # (B, L') prefill positions held by layers ≥ K
     prefill_length: int  # L: prefill tokens held by layers < K
+
+
+_CACHE_ATTR = "llm_pruning"  # the attribute of a KV cache that holds its PrunedCache
+
+
+def pruned_cache(cache) -> PrunedCache | None:
+    """The :class:`PrunedCache` a pruned prefill stored on ``cache``; None for a cache no pruned prefill filled."""
+    return getattr(cache, _CACHE_ATTR, None)
 
 
 @dataclass
@@ -217,7 +224,10 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
     mask = _causal_mask(config, hidden, padding, past_key_values, position_ids, layer_idx=K)
     hidden = _layers(model, K, None, hidden, mask, model.rotary_emb(hidden, position_ids), past_key_values,
                      use_cache, kwargs)
-    pruned = None if past_key_values is None else PrunedCache(weakref.ref(past_key_values), K, kept_positions, L)
+    pruned = None
+    if past_key_values is not None:
+        pruned = PrunedCache(K, kept_positions, L)
+        setattr(past_key_values, _CACHE_ATTR, pruned)
     return PrefillResult(BaseModelOutputWithPast(last_hidden_state=model.norm(hidden), **{OUTPUT_CACHE_FIELD: past_key_values}),
                          keep, kept_positions, pruned)
 

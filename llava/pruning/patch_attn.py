@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.pruning import register
 from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, select_topk_raster
+from llava.pruning.registry import register
 
 
 @register
@@ -21,6 +21,6 @@ class PatchAttention(PruningMethod):
     name = "patch-attn"
     tower_request = TowerRequest(patch_attn=True)
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
         scores = tower.patch_attn.float().mean(dim=1).mean(dim=1)  # (B, H, N, N) → (B, N): head mean, query mean
-        return tower.features, select_topk_raster(scores, k)
+        return tower.features, select_topk_raster(scores, budget)

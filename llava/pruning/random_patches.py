@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llava.pruning import register
 from llava.pruning.base import PruningMethod, TowerOutputs, select_topk_raster
+from llava.pruning.registry import register
 
 
 @register
@@ -27,6 +27,6 @@ class RandomPatches(PruningMethod):
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.seed)
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
         scores = torch.rand(tower.features.shape[:2], generator=self.generator)  # (B, N)
-        return tower.features, select_topk_raster(scores, k).to(tower.features.device)
+        return tower.features, select_topk_raster(scores, budget).to(tower.features.device)

@@ -37,7 +37,8 @@ import random
 from dataclasses import dataclass
 
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.eval.runner import AnswerFormat, Sample, add_chunk_args, add_device_args, add_pruning_args, run
+from llava.eval.runner import (AnswerFormat, Sample, add_chunk_args, add_device_args, add_pruning_args, parse_args,
+                               run)
 from llava.eval.utils import ArgumentParser, InputError, cli, read_json, require_keys
 from llava.video_utils import BACKENDS, VideoProcessor, find_video
 
@@ -140,7 +141,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="discard an existing answers file (and its manifest) and start afresh")
     add_chunk_args(parser)
-    add_pruning_args(parser, methods=("fastervlm",))
+    add_pruning_args(parser)
     parser.add_argument("--protocol", choices=PROTOCOLS, default="paper",
                         help=f"paper (default): sampling at temperature {PAPER_TEMPERATURE} and a random horizontal flip, "
                              "seeded per question, as FasterVLM ran it; greedy: greedy decoding, no flip")
@@ -167,7 +168,7 @@ def strip_stop(conv_mode: str):
 def main(argv: list[str] | None = None) -> None:
     from llava.video_utils import decoder_info
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if args.conv_mode not in conv_templates:
         raise InputError(f"--conv-mode {args.conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
     args.temperature = PAPER_TEMPERATURE if args.protocol == "paper" else 0.0

@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 from transformers.activations import ACT2FN
 
+from llava.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from llava.model.multimodal_encoder.clip_encoder import (CLIPImageProcessor, check_cls_attn_arithmetic, cls_attention,
                                                          multi_head_attention, resolve_tower_path)
+from llava.model.weights import checkpoint_files, read_prefixed, read_tower_state, weight_files
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -198,32 +198,6 @@ class LanguageBindVisionTransformer(nn.Module):
         return index
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """A tower folder's weight files: safetensors if any, else PyTorch .bin (single file or shards)."""
-    return sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-
-
-def read_prefixed(files: list[Path], prefix: str) -> dict[str, torch.Tensor]:
-    """The tensors named ``prefix*`` in weight files (safetensors or PyTorch .bin), prefix stripped.
-
-    Only those tensors are read: safetensors by name, .bin files memory-mapped, so a 10 GB LLM shard is
-    never loaded whole.
-    """
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt") as shard:
-                state.update({k[len(prefix):]: shard.get_tensor(k) for k in shard.keys() if k.startswith(prefix)})
-        else:
-            shard = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            state.update({k[len(prefix):]: v.clone() for k, v in shard.items() if k.startswith(prefix)})
-    # transformers 4.31 saved CLIP's position_ids buffer; it is arange(N+1), implicit here.
-    state.pop("embeddings.position_ids", None)
-    return state
-
-
 def load_tower_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The ``vision_model.*`` tensors of a LanguageBind folder, prefix stripped (text model and projections ignored)."""
     files = weight_files(folder)
@@ -233,20 +207,6 @@ def load_tower_weights(folder: Path) -> dict[str, torch.Tensor]:
     if not state:
         raise ValueError(f"{folder}: no vision_model.* weights in {[f.name for f in files]}")
     return state
-
-
-def checkpoint_files(model_path: str | os.PathLike, prefix: str) -> list[Path]:
-    """The weight files of a checkpoint folder that its index says hold ``prefix*`` tensors (safetensors first,
-    as transformers prefers them); an unsharded checkpoint's single file. Empty when there are none."""
-    folder = Path(model_path)
-    for index, single in (("model.safetensors.index.json", "model.safetensors"),
-                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        if (folder / index).is_file():
-            weight_map = json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"]
-            return sorted({folder / name for key, name in weight_map.items() if key.startswith(prefix)})
-        if (folder / single).is_file():
-            return [folder / single]
-    return []
 
 
 class _LanguageBindTower(nn.Module):
@@ -315,8 +275,6 @@ class _LanguageBindTower(nn.Module):
         [FasterVLM] A transformers-format (llava-hf) checkpoint names no tower folder: its own copy is the only one.
         """
         if self.folder is None:
-            from llava.model.hf_format import read_tower_state
-
             state = read_tower_state(model_path, self.attr)
             if not state:
                 raise ValueError(f"{model_path}: the checkpoint lacks the {self.attr} weights")
