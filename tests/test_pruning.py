@@ -72,8 +72,8 @@ def budget(deep):
 
 
 def test_registry_names_methods_and_errors():
-    assert available_methods() == ("fastervlm", "random", "patch-attn", "cls-llm-layer2", "cls-merge", "fastv",
-                                   "adaptprune", "adaptprune-cls")
+    assert available_methods()[:8] == ("fastervlm", "random", "patch-attn", "cls-llm-layer2", "cls-merge", "fastv",
+                                       "adaptprune", "adaptprune-cls")  # then the comparison methods (test_zoo.py)
     with pytest.raises(ValueError, match=r"unknown pruning method 'fastvv'.*fastv"):
         get_method("fastvv")
     with pytest.raises(ValueError, match=r"'fastv' has no parameter sigma_d"):

@@ -1,0 +1,137 @@
+"""The comparison methods of issue 23 (``docs/methods.md``) against references written here from each algorithm.
+
+Before-LLM methods run on the shipped toy checkpoint (real LLaVA-1.5 geometry: 576 patches, [CLS] attention that
+points at the target) and on random images. Each reference recomputes the kept patches by plain loops from a stock
+eager ``CLIPVisionModel(output_attentions=True)``, never from the method's code.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llava.eval import model_vqa_loader
+from llava.mm_utils import process_images
+from llava.model.builder import load_pretrained_model
+from llava.pruning import TowerRequest, get_method
+from llava.tools import toy_demo, toy_world
+from llava.tools.make_sample_data import make_sample_data
+from reference import reference_tower
+from test_model_parity import make_image
+
+TOY = toy_demo.SHIPPED
+needs_toy = pytest.mark.skipif(not (TOY / "config.json").is_file(), reason=f"no shipped toy checkpoint at {TOY}")
+BUDGETS = [58, 29, 64, 128, 1]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The toy model with the released code's tower arithmetic (eager attention in every layer).
+
+    The toy's background patches have nearly parallel features, so the diverse tokens depend on the last bits: the
+    default fp32-SDPA tower differs from eager CLIP by ~1e-6 and keeps 5-9 other patches of 58 on these images.
+    """
+    tokenizer, model, processor, _ = load_pretrained_model(str(TOY), None, "llava-v1.5-toy", device="cpu",
+                                                           cls_attn_arithmetic="upstream")
+    images = [toy_world.render(toy_world.sample(1, "eval-textvqa", i)[0]) for i in range(3)] + [make_image(5)]
+    pixels = process_images(images, processor, model.config)  # (4, 3, 336, 336)
+    yield model, pixels, reference_tower(TOY)
+    model.set_pruning_method("fastervlm")
+    model.set_visual_token_num(None)
+
+
+def kept_by_model(model, pixels, method: str, k: int, **params) -> torch.Tensor:
+    """(B, k) raster indices the model keeps per image with ``method`` at budget ``k``."""
+    model.set_pruning_method(method, **params)
+    model.set_visual_token_num(k)
+    with torch.no_grad():
+        model.encode_images(pixels)
+    return torch.stack(model.last_pruning.kept_indices)
+
+
+@torch.no_grad()
+def eager_clip(tower, pixels):
+    """The selected layer's patch features (B, N, C) and [CLS] → patch attention (B, H, N), from stock eager CLIP."""
+    out = tower(pixels, output_hidden_states=True, output_attentions=True)
+    return out.hidden_states[-2][:, 1:], out.attentions[-2][:, :, 0, 1:]
+
+
+# --------------------------------------------------------------------------- VisPruner
+
+
+def reference_vispruner(feats: torch.Tensor, cls_attn: torch.Tensor, k: int, ratio: float) -> list[int]:
+    """VisPruner step by step as its authors' ``encode_images`` does it, for one crop; ties → lower index.
+
+    ``feats``: (N, C) patch features; ``cls_attn``: (H, N). Odd lists split as intended: A = even positions (⌈R/2⌉).
+    """
+    scores = cls_attn.mean(0).tolist()  # head mean
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # descending, stable
+    important, residual = order[:int(k * ratio)], order[int(k * ratio):]
+    diverse = k - len(important)
+    normed = feats / feats.norm(dim=-1, keepdim=True)  # their arithmetic: x / ‖x‖, then a matrix product
+    while diverse > 0 and len(residual) > diverse:
+        r = min(8, len(residual) - diverse)
+        a, b = residual[0::2], residual[1::2]
+        sim = (normed[a] @ normed[b].T).max(dim=-1).values.tolist()
+        ranked = sorted(range(len(a)), key=lambda i: (-sim[i], i))  # most redundant first
+        residual = [a[i] for i in ranked[r:]] + b
+    return sorted(important + (residual if diverse > 0 else []))
+
+
+@needs_toy
+@pytest.mark.parametrize("k", BUDGETS)
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_vispruner_keeps_the_authors_selection_on_the_toy_checkpoint(toy, k, ratio):
+    model, pixels, tower = toy
+    feats, cls_attn = eager_clip(tower, pixels)
+    expected = torch.tensor([reference_vispruner(f, a, k, ratio) for f, a in zip(feats, cls_attn)])
+    assert torch.equal(kept_by_model(model, pixels, "vispruner", k, important_ratio=ratio), expected)
+
+
+@needs_toy
+def test_vispruner_follows_the_algorithm_on_the_default_tower(toy):
+    """With the default (fp32 SDPA) tower arithmetic, the kept set is the reference's on that tower's outputs."""
+    _, pixels, _ = toy
+    _, model, _, _ = load_pretrained_model(str(TOY), None, "llava-v1.5-toy", device="cpu")
+    with torch.no_grad():
+        out = model.get_vision_tower()(pixels, request=TowerRequest(cls_attn=True))
+    expected = torch.tensor([reference_vispruner(f, a, 58, 0.5) for f, a in zip(out.features, out.cls_attn)])
+    assert torch.equal(kept_by_model(model, pixels, "vispruner", 58), expected)
+
+
+@needs_toy
+def test_vispruner_is_not_fastervlm_and_batches_equal_singles(toy):
+    model, pixels, _ = toy
+    batch = kept_by_model(model, pixels, "vispruner", 58)
+    assert not torch.equal(batch, kept_by_model(model, pixels, "fastervlm", 58))  # the diverse half differs
+    assert torch.equal(kept_by_model(model, pixels, "vispruner", 58, important_ratio=1.0),
+                       kept_by_model(model, pixels, "fastervlm", 58))  # ratio 1: important tokens only
+    singles = torch.cat([kept_by_model(model, pixels[i:i + 1], "vispruner", 58) for i in range(4)])
+    assert torch.equal(batch, singles)
+
+
+def test_vispruner_rejects_a_ratio_outside_0_1():
+    with pytest.raises(ValueError, match="--important-ratio must be in"):
+        get_method("vispruner", important_ratio=1.5)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_sample_data(tmp_path_factory.mktemp("eval"), questions=5)
+
+
+@pytest.mark.parametrize("method", ["vispruner"])
+def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method):
+    args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
+            "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",
+            "--max_new_tokens", "6", "--device", "cpu", "--pruning-method", method, "--visual-token-num", "58"]
+    one, four = tmp_path / "one.jsonl", tmp_path / "four.jsonl"
+    model_vqa_loader.main(args + ["--answers-file", str(one)])
+    model_vqa_loader.main(args + ["--answers-file", str(four), "--batch-size", "4"])
+    pick = lambda p: [(json.loads(l)["question_id"], json.loads(l)["text"]) for l in p.read_text().splitlines()]
+    assert pick(four) == pick(one) and len(pick(one)) == 5
