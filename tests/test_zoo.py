@@ -117,6 +117,62 @@ def test_vispruner_rejects_a_ratio_outside_0_1():
         get_method("vispruner", important_ratio=1.5)
 
 
+# --------------------------------------------------------------------------- VisionZip
+
+
+@torch.no_grad()
+def eager_keys(tower, pixels) -> torch.Tensor:
+    """(B, N, C) the selected layer's attention keys (heads concatenated), recomputed from its input."""
+    out = tower(pixels, output_hidden_states=True)
+    layer = (tower.vision_model if hasattr(tower, "vision_model") else tower).encoder.layers[-2]
+    return layer.self_attn.k_proj(layer.layer_norm1(out.hidden_states[-3]))[:, 1:]
+
+
+def reference_visionzip(feats, cls_attn, keys, k: int, contextual: int, heads: int = 4):
+    """VisionZip for one crop by loops: (kept raster indices, {kept index: its feature})."""
+    summed = cls_attn.sum(0).tolist()
+    dominant = sorted(sorted(range(len(summed)), key=lambda i: (-summed[i], i))[:k - contextual])
+    metric = keys.view(keys.shape[0], heads, -1).mean(1)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    rest = [i for i in range(len(summed)) if i not in dominant]
+    targets = rest[::max(1, len(rest) // contextual)][:contextual] if contextual else []
+    groups = {t: [] for t in targets}
+    for j in rest:
+        if targets and j not in groups:
+            sims = [float(metric[j] @ metric[t]) for t in targets]
+            groups[targets[sims.index(max(sims))]].append(j)
+    out = {i: feats[i] for i in dominant}
+    for t, members in groups.items():
+        out[t] = feats[t] + (feats[members].mean(0) if members else 0)
+    return sorted(out), out
+
+
+@needs_toy
+@pytest.mark.parametrize("k, contextual", [(64, 10), (58, 9), (29, 5), (192, 30), (58, 0)])
+def test_visionzip_matches_the_reference_on_the_toy_checkpoint(toy, k, contextual):
+    model, pixels, tower = toy
+    feats, cls_attn = eager_clip(tower, pixels)
+    keys = eager_keys(tower, pixels)
+    params = {} if contextual == round(k * 10 / 64) else {"contextual": contextual}
+    kept = kept_by_model(model, pixels, "visionzip", k, **params)
+    model.set_pruning_method("visionzip", **params)
+    with torch.no_grad():
+        out = model.get_vision_tower()(pixels, request=model.get_pruning_method().tower_request)
+        merged, _ = model.get_pruning_method().select_patches(out, k)
+    for b in range(pixels.shape[0]):
+        indices, tokens = reference_visionzip(feats[b], cls_attn[b], keys[b], k, contextual)
+        assert kept[b].tolist() == indices
+        torch.testing.assert_close(merged[b, kept[b]], torch.stack([tokens[i] for i in indices]), atol=1e-5, rtol=1e-5)
+
+
+def test_visionzip_budget_split():
+    assert get_method("visionzip").split(64) == (54, 10)  # the authors' LLaVA-1.5 setting
+    assert get_method("visionzip").split(128) == (108, 20) and get_method("visionzip").split(192) == (162, 30)
+    assert get_method("visionzip", contextual=3).split(58) == (55, 3)
+    with pytest.raises(ValueError, match="exceeds the budget"):
+        get_method("visionzip", contextual=9).split(8)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -125,7 +181,7 @@ def data(tmp_path_factory):
     return make_sample_data(tmp_path_factory.mktemp("eval"), questions=5)
 
 
-@pytest.mark.parametrize("method", ["vispruner"])
+@pytest.mark.parametrize("method", ["vispruner", "visionzip"])
 def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method):
     args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
             "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",
