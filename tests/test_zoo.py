@@ -18,8 +18,12 @@ from llava.model.builder import load_pretrained_model
 from llava.pruning import TowerRequest, get_method
 from llava.tools import toy_demo, toy_world
 from llava.tools.make_sample_data import make_sample_data
-from reference import reference_tower
-from test_model_parity import make_image
+from conftest import requires_in_llm
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.builder import load_tokenizer
+from reference import reference_llama, reference_tower, reference_visual_tokens, splice
+from test_model_parity import make_image, prompt_ids
+from test_pruning import reference_pruned_greedy
 
 TOY = toy_demo.SHIPPED
 needs_toy = pytest.mark.skipif(not (TOY / "config.json").is_file(), reason=f"no shipped toy checkpoint at {TOY}")
@@ -173,6 +177,48 @@ def test_visionzip_budget_split():
         get_method("visionzip", contextual=9).split(8)
 
 
+# --------------------------------------------------------------------------- DivPrune
+
+
+def reference_divprune(tokens: torch.Tensor, k: int) -> list[int]:
+    """The paper's greedy max–min diversity (distance 1 − cosine) by loops; ties → lower index."""
+    normed = tokens / tokens.norm(dim=-1, keepdim=True)
+    d = (1 - normed @ normed.T).tolist()
+    n = len(d)
+    first = max(range(n), key=lambda i: (min(d[i][j] for j in range(n) if j != i), -i))
+    picked = [first]
+    while len(picked) < k:
+        picked.append(max((i for i in range(n) if i not in picked),
+                          key=lambda i: (min(d[i][j] for j in picked), -i)))
+    return sorted(picked)
+
+
+@needs_toy
+@requires_in_llm
+@pytest.mark.parametrize("k", [58, 29])
+def test_divprune_matches_the_paper_on_the_toy_checkpoint(toy, k):
+    model, pixels, tower = toy
+    tokenizer = load_tokenizer(str(TOY))
+    llama = reference_llama(TOY)
+    ids = prompt_ids(tokenizer, "What colour is the small shape?")
+    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)  # (1, 576, D) projected, every patch
+    patches = torch.tensor(reference_divprune(visual[0], k))
+    embeds = splice(llama, ids, visual[0])
+    start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    kept = torch.cat([torch.arange(start), start + patches, torch.arange(start + 576, embeds.shape[1])])
+    ref_logits, ref_ids = reference_pruned_greedy(llama, embeds, 0, kept, steps=4, eos=tokenizer.eos_token_id)
+
+    model.set_pruning_method("divprune")
+    model.set_visual_token_num(k)
+    with torch.no_grad():
+        logits = model(ids, images=pixels[:1]).logits
+    assert torch.equal(model.last_pruning.kept_indices[0], patches) and model.last_pruning.llm_layer == 0
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)  # original positions, layers 0.. pruned
+    out = model.generate(ids, images=pixels[:1], do_sample=False, num_beams=1, max_new_tokens=4, use_cache=True)
+    assert out[0].tolist() == ref_ids
+    assert not torch.equal(patches, kept_by_model(model, pixels[:1], "fastervlm", k)[0])
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -181,7 +227,7 @@ def data(tmp_path_factory):
     return make_sample_data(tmp_path_factory.mktemp("eval"), questions=5)
 
 
-@pytest.mark.parametrize("method", ["vispruner", "visionzip"])
+@pytest.mark.parametrize("method", ["vispruner", "visionzip", pytest.param("divprune", marks=requires_in_llm)])
 def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method):
     args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
             "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",

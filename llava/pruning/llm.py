@@ -229,6 +229,8 @@ def decode(model, pruned: PrunedCache, inputs_embeds: torch.Tensor, attention_ma
     B, q, _ = inputs_embeds.shape
     device = inputs_embeds.device
     past = past_key_values.get_seq_length()  # layer 0: every token so far, the position bookkeeping
+    if K == 0:  # pruned at the LLM's input (DivPrune): layer 0 too holds only the kept prefill tokens
+        past += pruned.prefill_length - pruned.kept_positions.shape[1]
     if position_ids is None:
         position_ids = (torch.arange(q, device=device) + past)[None]
     position_ids = position_ids.expand(B, -1)
