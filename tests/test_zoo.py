@@ -237,3 +237,21 @@ def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method):
     model_vqa_loader.main(args + ["--answers-file", str(four), "--batch-size", "4"])
     pick = lambda p: [(json.loads(l)["question_id"], json.loads(l)["text"]) for l in p.read_text().splitlines()]
     assert pick(four) == pick(one) and len(pick(one)) == 5
+
+
+# --------------------------------------------------------------------------- show_kept
+
+
+@needs_toy
+def test_show_kept_draws_each_method_and_budget(tmp_path):
+    from PIL import Image
+
+    from llava.analysis import show_kept
+
+    toy_world.render(toy_world.sample(1, "eval-textvqa", 0)[0]).save(tmp_path / "img.png")
+    kept = show_kept.main(["--image", str(tmp_path / "img.png"), "--methods", "fastervlm", "vispruner",
+                           "--tokens", "58", "29", "--out", str(tmp_path / "kept.png"), "--device", "cpu"])
+    assert sorted(kept) == [("fastervlm", 29), ("fastervlm", 58), ("vispruner", 29), ("vispruner", 58)]
+    assert all(len(v) == t and v == sorted(v) for (_, t), v in kept.items())
+    assert kept["fastervlm", 58] != kept["vispruner", 58]
+    assert Image.open(tmp_path / "kept.png").size[0] > Image.open(tmp_path / "kept.png").size[1] / 2  # 2 × 2 panels
