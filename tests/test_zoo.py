@@ -23,7 +23,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.builder import load_tokenizer
 from reference import reference_llama, reference_tower, reference_visual_tokens, splice
 from test_model_parity import make_image, prompt_ids
-from test_pruning import reference_pruned_greedy
+from test_pruning import reference_pruned_greedy, run_layers
 
 TOY = toy_demo.SHIPPED
 needs_toy = pytest.mark.skipif(not (TOY / "config.json").is_file(), reason=f"no shipped toy checkpoint at {TOY}")
@@ -219,6 +219,100 @@ def test_divprune_matches_the_paper_on_the_toy_checkpoint(toy, k):
     assert not torch.equal(patches, kept_by_model(model, pixels[:1], "fastervlm", k)[0])
 
 
+# --------------------------------------------------------------------------- PyramidDrop
+
+
+def last_row_attention(layer, rotary, hidden, positions) -> torch.Tensor:
+    """Layer ``layer``'s full causal attention map on its input (1, L, D), computed here; the last row, head mean."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn, L = layer.self_attn, hidden.shape[1]
+    x = layer.input_layernorm(hidden)
+    q = attn.q_proj(x).view(1, L, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(1, L, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = rotary(hidden, positions[None])
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    logits = q @ k.transpose(-1, -2) / attn.head_dim ** 0.5 + torch.full((L, L), float("-inf")).triu(1)
+    return torch.softmax(logits.float(), dim=-1).mean(dim=1)[0, -1]  # (L,)
+
+
+@torch.no_grad()
+def reference_pdrop(llama, embeds, start: int, n: int, layers: list[int], ratio: float, steps: int, eos: int):
+    """PyramidDrop by recomputation without a cache: (prefill logits, kept prefill positions per stage, greedy ids).
+
+    Each stage ranks the image tokens still present by the last token's attention in its first layer and keeps
+    int(n × ratio^s) of them; positions are renumbered 0..len−1 in every stage. Decode tokens are never dropped.
+    """
+    bounds, out, logits0, kept = [0, *layers, len(llama.model.layers)], [], None, None
+    prompt_len = embeds.shape[1]
+    for _ in range(steps):
+        alive, hidden = torch.arange(embeds.shape[1]), embeds
+        stages = [alive]
+        for s in range(len(bounds) - 1):
+            if s > 0:
+                if kept is None:  # the prefill ranks; decode steps reuse its choice
+                    score = last_row_attention(llama.model.layers[bounds[s]], llama.model.rotary_emb, hidden,
+                                               torch.arange(hidden.shape[1]))
+                    image = [i for i, p in enumerate(alive.tolist()) if start <= p < start + n]
+                    best = sorted(image, key=lambda i: (-float(score[i]), i))[:int(n * ratio ** s)]
+                    rows = sorted([i for i, p in enumerate(alive.tolist()) if not start <= p < start + n] + best)
+                    stage_rows = alive[rows]
+                else:
+                    stage_rows = torch.cat([kept[s], torch.arange(prompt_len, embeds.shape[1])])
+                rows = [alive.tolist().index(p) for p in stage_rows.tolist()]
+                alive, hidden = alive[rows], hidden[:, rows]
+                stages.append(alive)
+            hidden = run_layers(llama, hidden, torch.arange(hidden.shape[1]), llama.model.layers[bounds[s]:bounds[s + 1]])
+        logits = llama.lm_head(llama.model.norm(hidden))
+        if kept is None:
+            kept, logits0 = stages, logits
+        out.append(int(logits[0, -1].argmax()))
+        if out[-1] == eos:
+            break
+        embeds = torch.cat([embeds, llama.get_input_embeddings()(torch.tensor([[out[-1]]]))], dim=1)
+    return logits0, kept, out
+
+
+@needs_toy
+@requires_in_llm
+@pytest.mark.parametrize("layers, ratio", [("1,2", 0.5), ("1", 0.1), ("2", 0.3)])
+def test_pdrop_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers, ratio):
+    model, pixels, tower = toy
+    tokenizer = load_tokenizer(str(TOY))
+    llama = reference_llama(TOY)
+    ids = prompt_ids(tokenizer, "What colour is the small shape?")
+    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)
+    embeds = splice(llama, ids, visual[0])
+    start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    stage_layers = [int(x) for x in layers.split(",")]
+    ref_logits, kept, ref_ids = reference_pdrop(llama, embeds, start, 576, stage_layers, ratio, 4, tokenizer.eos_token_id)
+
+    model.set_pruning_method("pdrop", layers=layers, ratio=ratio)
+    model.set_visual_token_num(58)  # a fixed λ: the budget only switches pruning on
+    with torch.no_grad():
+        logits = model(ids, images=pixels[:1]).logits
+    final = kept[-1][(kept[-1] >= start) & (kept[-1] < start + 576)] - start
+    assert torch.equal(model.last_pruning.kept_indices[0], final) and len(final) == int(576 * ratio ** len(stage_layers))
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    out = model.generate(ids, images=pixels[:1], do_sample=False, num_beams=1, max_new_tokens=4, use_cache=True)
+    assert out[0].tolist() == ref_ids
+
+
+def test_pdrop_budget_is_the_average_over_layers():
+    from llava.bench import flops
+    from llava.pruning.pdrop import ratio_for_average, schedule_average
+
+    assert schedule_average(0.5, (8, 16, 24), 32) * 576 == 270  # the authors' default: 576/288/144/72
+    assert ratio_for_average(270 / 576, (8, 16, 24), 32) == pytest.approx(0.5, abs=1e-6)
+    for t in (192, 160):  # the same λ as the FLOPs calculator's schedule
+        assert ratio_for_average(t / 576, (8, 16, 24), 32) == pytest.approx(
+            flops.pdrop_ratio_for_average(t, 576, 32), abs=1e-9)
+    with pytest.raises(ValueError, match="out of reach"):
+        ratio_for_average(64 / 576, (8, 16, 24), 32)
+    with pytest.raises(ValueError, match="--pdrop-layers must be increasing"):
+        get_method("pdrop", layers="16,8")
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -227,11 +321,13 @@ def data(tmp_path_factory):
     return make_sample_data(tmp_path_factory.mktemp("eval"), questions=5)
 
 
-@pytest.mark.parametrize("method", ["vispruner", "visionzip", pytest.param("divprune", marks=requires_in_llm)])
-def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method):
+@pytest.mark.parametrize("method, extra", [
+    ("vispruner", []), ("visionzip", []), pytest.param("divprune", [], marks=requires_in_llm),
+    pytest.param("pdrop", ["--pdrop-layers", "1", "--pdrop-lambda", "0.5"], marks=requires_in_llm)])
+def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method, extra):
     args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
             "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",
-            "--max_new_tokens", "6", "--device", "cpu", "--pruning-method", method, "--visual-token-num", "58"]
+            "--max_new_tokens", "6", "--device", "cpu", "--pruning-method", method, "--visual-token-num", "58", *extra]
     one, four = tmp_path / "one.jsonl", tmp_path / "four.jsonl"
     model_vqa_loader.main(args + ["--answers-file", str(one)])
     model_vqa_loader.main(args + ["--answers-file", str(four), "--batch-size", "4"])

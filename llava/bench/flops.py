@@ -283,10 +283,11 @@ def pdrop_ratio_for_average(target: float, n_visual: int, num_layers: int,
     if not floor < target <= n_visual:
         raise ValueError(f"PyramidDrop with stages at layers {list(layers)} averages more than {floor:g} visual tokens "
                          f"per layer (its first stage sees all {n_visual}); {target} is out of reach")
+    bounds = (0, *layers, num_layers)
     lo, hi = 0.0, 1.0
-    for _ in range(60):
+    for _ in range(50):  # on the untruncated shares, as llava.pruning.pdrop solves it
         mid = (lo + hi) / 2
-        avg = sum(pdrop_schedule(n_visual, num_layers, layers, mid)) / num_layers
+        avg = n_visual * sum((bounds[s + 1] - bounds[s]) * mid ** s for s in range(len(bounds) - 1)) / num_layers
         lo, hi = (mid, hi) if avg < target else (lo, mid)
     return hi
 

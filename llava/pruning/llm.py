@@ -172,6 +172,9 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
             attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, past_key_values, use_cache: bool,
             **kwargs) -> PrefillResult:
     """Prefill ``model`` (a ``LlamaModel``) on ``inputs_embeds`` (B, L, D), pruning visual tokens before layer K."""
+    if hasattr(method, "prefill"):  # a multi-stage method runs its own loop (PyramidDrop)
+        return method.prefill(model, images, budget, inputs_embeds, attention_mask, position_ids, past_key_values,
+                              use_cache, **kwargs)
     config, K = model.config, method.llm_layer
     if not K < config.num_hidden_layers:
         raise ValueError(f"{method.name} prunes before LLM layer {K}, "
@@ -225,6 +228,8 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
 def decode(model, pruned: PrunedCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
            position_ids: torch.Tensor | None, past_key_values, use_cache: bool, **kwargs) -> BaseModelOutputWithPast:
     """A decode step (B, q, D) on the caches a pruned prefill left: layers < K see all, layers ≥ K the kept tokens."""
+    if hasattr(pruned, "decode"):  # left by a method's own prefill
+        return pruned.decode(model, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, **kwargs)
     config, K = model.config, pruned.layer
     B, q, _ = inputs_embeds.shape
     device = inputs_embeds.device
