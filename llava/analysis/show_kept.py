@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default="What is in the image?", help="prompt for in-LLM methods")
     p.add_argument("--conv-mode", default="vicuna_v1", help="conversation template (default vicuna_v1)")
     p.add_argument("--out", default="kept.png", help="PNG to write (default kept.png)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda when available, else cpu)")
     return p
 
 
