@@ -351,3 +351,25 @@ def test_show_kept_draws_each_method_and_budget(tmp_path):
     assert all(len(v) == t and v == sorted(v) for (_, t), v in kept.items())
     assert kept["fastervlm", 58] != kept["vispruner", 58]
     assert Image.open(tmp_path / "kept.png").size[0] > Image.open(tmp_path / "kept.png").size[1] / 2  # 2 × 2 panels
+
+
+# --------------------------------------------------------------------------- summarize --methods
+
+
+def test_summarize_methods_rows_are_relative_to_one_unpruned_run(tmp_path, capsys):
+    from llava.eval import summarize as summ
+    from llava.eval.utils import write_score
+
+    scores = {("fastervlm", 576): (80.0, 60.0), ("fastervlm", 58): (72.0, 54.0), ("vispruner", 58): (76.0, 57.0),
+              ("vispruner", 29): (60.0, 45.0), ("visionzip", 58): (40.0, 30.0), ("visionzip", 576): (1.0, 1.0)}
+    for (method, t), (pope, textvqa) in scores.items():
+        write_score(summ.score_path(tmp_path, "pope", "ck", method, t), "pope", pope, "f1")
+        write_score(summ.score_path(tmp_path, "textvqa", "ck", method, t), "textvqa", textvqa, "acc")
+    summ.main(["--eval-dir", str(tmp_path), "--ckpt", "ck", "--methods", "fastervlm", "vispruner", "visionzip",
+               "--tokens", "58", "29", "--format", "csv"])
+    rows = [line.split(",") for line in capsys.readouterr().out.splitlines()]
+    assert rows[0][:2] == ["Method", "Tokens"] and rows[0][-1] == "Average %"
+    avg = {(r[0], r[1]): r[-1] for r in rows[1:]}
+    assert avg == {("unpruned (fastervlm)", "576"): "100.00", ("fastervlm", "58"): "90.00",
+                   ("fastervlm", "29"): "-", ("vispruner", "58"): "95.00", ("vispruner", "29"): "75.00",
+                   ("visionzip", "58"): "50.00", ("visionzip", "29"): "-"}  # visionzip's own n_576 is not used
