@@ -7,6 +7,7 @@ eager ``CLIPVisionModel(output_attentions=True)``, never from the method's code.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -311,6 +312,104 @@ def test_pdrop_budget_is_the_average_over_layers():
         ratio_for_average(64 / 576, (8, 16, 24), 32)
     with pytest.raises(ValueError, match="--pdrop-layers must be increasing"):
         get_method("pdrop", layers="16,8")
+
+
+# --------------------------------------------------------------------------- SparseVLM
+
+
+def reference_dpc(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Density-peak clustering with k neighbours by loops (no tie noise): (k, C) cluster means."""
+    n, C = x.shape
+    d = [[float((x[i] - x[j]).norm()) / C ** 0.5 for j in range(n)] for i in range(n)]
+    density = [math.exp(-sum(v * v for v in sorted(row)[:k]) / k) for row in d]
+    dmax = max(max(row) for row in d)
+    parent = [min([d[i][j] for j in range(n) if density[j] > density[i]], default=dmax) for i in range(n)]
+    centres = sorted(range(n), key=lambda i: (-parent[i] * density[i], i))[:k]
+    assign = [min(range(k), key=lambda c: (d[centres[c]][j], c)) for j in range(n)]
+    for c, i in enumerate(centres):
+        assign[i] = c
+    return torch.stack([x[[j for j in range(n) if assign[j] == c]].mean(0) for c in range(k)])
+
+
+def rater_scores(layer, rotary, hidden, positions, raters: list[int]) -> torch.Tensor:
+    """(L,) attention from the rater rows of layer ``layer``'s full causal map on its input, head then row mean."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    attn, L = layer.self_attn, hidden.shape[1]
+    x = layer.input_layernorm(hidden)
+    q = attn.q_proj(x).view(1, L, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(1, L, -1, attn.head_dim).transpose(1, 2)
+    cos, sin = rotary(hidden, positions[None])
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    logits = q @ k.transpose(-1, -2) / attn.head_dim ** 0.5 + torch.full((L, L), float("-inf")).triu(1)
+    return torch.softmax(logits.float(), dim=-1).mean(dim=1)[0, raters].mean(0)
+
+
+@torch.no_grad()
+def reference_sparsevlm(llama, embeds, start: int, n: int, layers: list[int], keeps: list[int], prompt_len: int):
+    """SparseVLM v1 without a cache on ``embeds`` (1, L, D), of which the first ``prompt_len`` are the prompt and
+    the rest decoded tokens (never dropped, at their full-length positions): (logits, prompt positions kept)."""
+    v = embeds[0, start:start + n]
+    rel = (v @ embeds[0, start + n:prompt_len].T).softmax(-1).mean(0)
+    raters = [start + n + i for i in range(len(rel)) if rel[i] > rel.mean()]
+    origin, hidden = list(range(embeds.shape[1])), embeds
+    positions, v0, v1, prev = torch.arange(embeds.shape[1]), start, start + n, 0
+    for layer, keep in zip(layers, keeps):
+        hidden = run_layers(llama, hidden, positions, llama.model.layers[prev:layer])
+        score = rater_scores(llama.model.layers[layer], llama.model.rotary_emb, hidden, positions, raters)
+        hidden = run_layers(llama, hidden, positions, llama.model.layers[layer:layer + 1])
+        image = list(range(v0, v1))
+        best = sorted(sorted(image, key=lambda i: (-float(score[i]), i))[:min(keep, len(image) - 1)])
+        pruned = [i for i in image if i not in best]
+        recycle = sorted(pruned, key=lambda i: (-float(score[i]), i))[:int(len(pruned) * 0.3) + 1]
+        merged = reference_dpc(hidden[0, recycle], int(len(recycle) / 10) + 1)
+        shift = (v1 - v0) - len(best) - len(merged)
+        raters = [r - shift for r in raters]
+        origin = origin[:v0] + [origin[i] for i in best] + [-1] * len(merged) + origin[v1:]
+        hidden = torch.cat([hidden[:, :v0], hidden[:, best], merged[None], hidden[:, v1:]], dim=1)
+        v1 = v0 + len(best) + len(merged)
+        prompt_now = len(origin) - (embeds.shape[1] - prompt_len)  # prompt tokens left
+        positions = torch.tensor(list(range(prompt_now)) + list(range(prompt_len, embeds.shape[1])))
+        prev = layer + 1
+    hidden = run_layers(llama, hidden, positions, llama.model.layers[prev:])
+    return llama.lm_head(llama.model.norm(hidden)), [p for p in origin if p >= 0 and p < prompt_len]
+
+
+@needs_toy
+@requires_in_llm
+@pytest.mark.parametrize("layers, keeps", [("0,1", "100,40"), ("1", "58")])
+def test_sparsevlm_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers, keeps):
+    model, pixels, tower = toy
+    tokenizer = load_tokenizer(str(TOY))
+    llama = reference_llama(TOY)
+    ids = prompt_ids(tokenizer, "What colour is the small shape?")
+    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)
+    embeds = splice(llama, ids, visual[0])
+    start, L = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()), embeds.shape[1]
+    stage_layers, stage_keeps = [int(x) for x in layers.split(",")], [int(x) for x in keeps.split(",")]
+    ref_logits, kept = reference_sparsevlm(llama, embeds, start, 576, stage_layers, stage_keeps, L)
+
+    model.set_pruning_method("sparsevlm", layers=layers, keeps=keeps)
+    model.set_visual_token_num(58)
+    with torch.no_grad():
+        logits = model(ids, images=pixels[:1]).logits
+    patches = torch.tensor([p - start for p in kept if start <= p < start + 576])
+    assert torch.equal(model.last_pruning.kept_indices[0], patches)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    out = model.generate(ids, images=pixels[:1], do_sample=False, num_beams=1, max_new_tokens=4, use_cache=True)
+    ref_ids = []  # greedy by recomputation: decoded tokens at their full-length positions, never dropped
+    for _ in range(len(out[0])):
+        step_logits, _ = reference_sparsevlm(llama, embeds, start, 576, stage_layers, stage_keeps, L)
+        ref_ids.append(int(step_logits[0, -1].argmax()))
+        embeds = torch.cat([embeds, llama.get_input_embeddings()(torch.tensor([[ref_ids[-1]]]))], dim=1)
+    assert out[0].tolist() == ref_ids
+
+
+def test_sparsevlm_budgets_are_the_authors():
+    assert get_method("sparsevlm").schedule(64) == (66, 30, 17) and get_method("sparsevlm").schedule(192) == (300, 200, 110)
+    with pytest.raises(ValueError, match=r"defines budgets \[64, 96, 128, 192\] only"):
+        get_method("sparsevlm").schedule(58)
+    assert get_method("sparsevlm", keeps="120,60,30").schedule(58) == (120, 60, 30)
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -95,6 +95,7 @@ from llava.pruning import vispruner  # noqa: E402,F401  isort: skip
 from llava.pruning import visionzip  # noqa: E402,F401  isort: skip
 from llava.pruning import divprune  # noqa: E402,F401  isort: skip
 from llava.pruning import pdrop  # noqa: E402,F401  isort: skip
+from llava.pruning import sparsevlm  # noqa: E402,F401  isort: skip
 
 __all__ = ["InLLMPruningMethod", "LLMPruningContext", "PruningMethod", "TowerOutputs", "TowerRequest",
            "available_methods", "check_installed", "cli_parameters", "get_method", "method_parameters", "register", "select_topk_raster"]
