@@ -190,3 +190,13 @@ def test_comparison_methods_and_pyramid_schedules(capsys: pytest.CaptureFixture[
     assert [r["method"] for r in out["rows"]] == ["llava-v1.5-7b", "vispruner", "pdrop", "FasterVLM"]
     with pytest.raises(SystemExit):
         F.main(["--kept", "58", "--methods", "pdrop"])
+
+
+def test_sparsevlm_schedule_by_hand() -> None:
+    model = F.PRESETS["llava-v1.5-7b"]
+    # 64: after layer 2, 66 kept + int((int(510·0.3)+1)/10)+1 = 16 recycled; after 6, 30 + 2; after 15, 17 + 1.
+    assert F.layer_schedule("sparsevlm", model, 64) == [576] * 3 + [82] * 4 + [32] * 9 + [18] * 16
+    row = {r.method: r for r in F.efficiency_rows(model, [64], fastv_k=None, methods=["sparsevlm"])}["sparsevlm"]
+    assert row.kv_storage_mb == pytest.approx((3 * 576 + 4 * 82 + 9 * 32 + 16 * 18) / 32 * 0.5)
+    with pytest.raises(ValueError, match="SparseVLM defines"):
+        F.layer_schedule("sparsevlm", model, 58)

@@ -244,7 +244,7 @@ def reference_pdrop(llama, embeds, start: int, n: int, layers: list[int], ratio:
     Each stage ranks the image tokens still present by the last token's attention in its first layer and keeps
     int(n × ratio^s) of them; positions are renumbered 0..len−1 in every stage. Decode tokens are never dropped.
     """
-    bounds, out, logits0, kept = [0, *layers, len(llama.model.layers)], [], None, None
+    bounds, out, logits0, kept, step_logits = [0, *layers, len(llama.model.layers)], [], None, None, []
     prompt_len = embeds.shape[1]
     for _ in range(steps):
         alive, hidden = torch.arange(embeds.shape[1]), embeds
@@ -267,11 +267,12 @@ def reference_pdrop(llama, embeds, start: int, n: int, layers: list[int], ratio:
         logits = llama.lm_head(llama.model.norm(hidden))
         if kept is None:
             kept, logits0 = stages, logits
+        step_logits.append(logits[0, -1])
         out.append(int(logits[0, -1].argmax()))
         if out[-1] == eos:
             break
         embeds = torch.cat([embeds, llama.get_input_embeddings()(torch.tensor([[out[-1]]]))], dim=1)
-    return logits0, kept, out
+    return logits0, kept, out, step_logits
 
 
 @needs_toy
@@ -286,7 +287,8 @@ def test_pdrop_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers
     embeds = splice(llama, ids, visual[0])
     start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
     stage_layers = [int(x) for x in layers.split(",")]
-    ref_logits, kept, ref_ids = reference_pdrop(llama, embeds, start, 576, stage_layers, ratio, 4, tokenizer.eos_token_id)
+    ref_logits, kept, ref_ids, ref_steps = reference_pdrop(llama, embeds, start, 576, stage_layers, ratio, 4,
+                                                           tokenizer.eos_token_id)
 
     model.set_pruning_method("pdrop", layers=layers, ratio=ratio)
     model.set_visual_token_num(58)  # a fixed λ: the budget only switches pruning on
@@ -295,6 +297,11 @@ def test_pdrop_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers
     final = kept[-1][(kept[-1] >= start) & (kept[-1] < start + 576)] - start
     assert torch.equal(model.last_pruning.kept_indices[0], final) and len(final) == int(576 * ratio ** len(stage_layers))
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # one decode step on the pruned cache: its logits (renumbered positions), not only argmax
+        first = model(ids, images=pixels[:1], use_cache=True)
+        token = first.logits[0, -1].argmax().view(1, 1)
+        step = model(token, past_key_values=first.past_key_values, use_cache=True).logits[0, -1]
+    torch.testing.assert_close(step, ref_steps[1], atol=1e-5, rtol=1e-5)
     out = model.generate(ids, images=pixels[:1], do_sample=False, num_beams=1, max_new_tokens=4, use_cache=True)
     assert out[0].tolist() == ref_ids
 
@@ -396,6 +403,17 @@ def test_sparsevlm_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, la
     patches = torch.tensor([p - start for p in kept if start <= p < start + 576])
     assert torch.equal(model.last_pruning.kept_indices[0], patches)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    from llava.bench.flops import sparsevlm_schedule  # the FLOPs calculator counts the same tokens
+
+    assert logits.shape[1] - (L - 576) == sparsevlm_schedule(576, 4, stage_keeps, stage_layers)[-1]
+    # One decode step on the pruned cache: its logits, not only its argmax (the toy's greedy tokens barely move).
+    with torch.no_grad():
+        first = model(ids, images=pixels[:1], use_cache=True)
+        token = first.logits[0, -1].argmax().view(1, 1)
+        step = model(token, past_key_values=first.past_key_values, use_cache=True).logits[0, -1]
+    grown = torch.cat([embeds, llama.get_input_embeddings()(token)], dim=1)
+    torch.testing.assert_close(step, reference_sparsevlm(llama, grown, start, 576, stage_layers, stage_keeps, L)[0][0, -1],
+                               atol=1e-5, rtol=1e-5)
     out = model.generate(ids, images=pixels[:1], do_sample=False, num_beams=1, max_new_tokens=4, use_cache=True)
     ref_ids = []  # greedy by recomputation: decoded tokens at their full-length positions, never dropped
     for _ in range(len(out[0])):
@@ -422,7 +440,8 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("method, extra", [
     ("vispruner", []), ("visionzip", []), pytest.param("divprune", [], marks=requires_in_llm),
-    pytest.param("pdrop", ["--pdrop-layers", "1", "--pdrop-lambda", "0.5"], marks=requires_in_llm)])
+    pytest.param("pdrop", ["--pdrop-layers", "1", "--pdrop-lambda", "0.5"], marks=requires_in_llm),
+    pytest.param("sparsevlm", ["--sparsevlm-layers", "0", "--sparsevlm-keeps", "58"], marks=requires_in_llm)])
 def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method, extra):
     args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
             "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",

@@ -292,6 +292,25 @@ def pdrop_ratio_for_average(target: float, n_visual: int, num_layers: int,
     return hi
 
 
+# SparseVLM v1 (Gumpest/SparseVLMs score.py): image tokens kept after layers 2, 6, 15 per budget it defines.
+SPARSEVLM_LAYERS = (2, 6, 15)
+SPARSEVLM_KEEPS = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
+
+
+def sparsevlm_schedule(n_visual: int, num_layers: int, keeps: Sequence[int],
+                       layers: Sequence[int] = SPARSEVLM_LAYERS) -> list[int]:
+    """Image tokens each layer sees under SparseVLM v1: after layer ``layers[s]`` min(keep, n − 1) stay, plus
+    int((int(0.3 · dropped) + 1) / 10) + 1 recycled (merged) tokens, which count from then on."""
+    counts, n, stage = [], n_visual, 0
+    for layer in range(num_layers):
+        counts.append(n)
+        if stage < len(layers) and layer == layers[stage]:
+            kept = min(keeps[stage], n - 1)
+            n = kept + int((int((n - kept) * 0.3) + 1) / 10) + 1
+            stage += 1
+    return counts
+
+
 def layer_schedule(method: str, model: ModelConfig, kept: int) -> list[int]:
     """Visual tokens per LLM layer that ``method`` leaves at budget ``kept`` (total over crops)."""
     L, n = model.llm.num_layers, model.visual_tokens
@@ -299,7 +318,13 @@ def layer_schedule(method: str, model: ModelConfig, kept: int) -> list[int]:
         return [kept] * L
     if method == "pdrop":  # the target is the average over layers
         return pdrop_schedule(n, L, ratio=pdrop_ratio_for_average(kept, n, L))
-    raise ValueError(f"no FLOPs schedule for {method!r} (known: fastervlm, {', '.join(BEFORE_LLM_METHODS)}, pdrop)")
+    if method == "sparsevlm":  # the nominal budget per crop names the schedule
+        per_crop = kept // model.num_crops
+        if per_crop * model.num_crops != kept or per_crop not in SPARSEVLM_KEEPS:
+            raise ValueError(f"SparseVLM defines {sorted(SPARSEVLM_KEEPS)} tokens per crop only, not {kept}")
+        return sparsevlm_schedule(n, L, [k * model.num_crops for k in SPARSEVLM_KEEPS[per_crop]])
+    raise ValueError(f"no FLOPs schedule for {method!r} (known: fastervlm, {', '.join(BEFORE_LLM_METHODS)}, "
+                     "pdrop, sparsevlm)")
 
 
 def schedule_prefill_flops(cfg: LLMConfig | ModelConfig, n_text: int, schedule: Sequence[int]) -> float:
@@ -415,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. cls-llm-layer2:2 adaptprune:2")
     p.add_argument("--methods", nargs="+", default=[], metavar="METHOD",
                    help="comparison methods at each budget: vispruner visionzip divprune (as FasterVLM), pdrop "
-                        "(the budget is its average over layers; docs/methods.md)")
+                        "(the budget is its average over layers), sparsevlm (64/96/128/192 name its schedule); "
+                        "docs/methods.md")
     p.add_argument("--vision-encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="count the ViT's FLOPs (tables 11-13 do; table 6 does not)")
     p.add_argument("--crops", type=int,
