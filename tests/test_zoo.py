@@ -491,3 +491,40 @@ def test_summarize_methods_rows_are_relative_to_one_unpruned_run(tmp_path, capsy
     assert avg == {("unpruned (fastervlm)", "576"): "100.00", ("fastervlm", "58"): "90.00",
                    ("fastervlm", "29"): "-", ("vispruner", "58"): "95.00", ("vispruner", "29"): "75.00",
                    ("visionzip", "58"): "50.00", ("visionzip", "29"): "-"}  # visionzip's own n_576 is not used
+
+
+# --------------------------------------------------------------------------- LLaVA-NeXT
+
+
+@requires_in_llm
+@pytest.mark.parametrize("method, params", [
+    ("vispruner", {}), ("visionzip", {}), ("divprune", {}), ("pdrop", {"layers": "1", "ratio": 0.5}),
+    ("sparsevlm", {"layers": "0", "keeps": "58"})])
+def test_llava_next_prunes_per_crop(tmp_path_factory, method, params):
+    """On a tiny LLaVA-NeXT every crop (base included) keeps its own T (before-LLM methods and DivPrune: exactly
+    the crop's own choice); PyramidDrop and SparseVLM rank the whole image as one span."""
+    from llava.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("next") / "llava-v1.6-tiny", seed=0, arch="next")
+    tokenizer, model, processor, _ = load_pretrained_model(str(ckpt), device="cpu")
+    image = make_image(3, size=(500, 300))
+    pixels = process_images([image], processor, model.config)  # (1, crops, 3, 336, 336)
+    ids = prompt_ids(tokenizer, "What is it?")
+    model.set_pruning_method(method, **params)
+    model.set_visual_token_num(58)
+    with torch.no_grad():
+        model(ids, images=pixels, image_sizes=[image.size])
+    kept = model.last_pruning.kept_indices
+    crops = pixels.shape[1]
+    assert len(kept) == crops > 1
+    if method in ("vispruner", "visionzip", "divprune"):
+        assert all(len(k) == 58 for k in kept)
+    if method in ("vispruner", "visionzip"):  # each crop's tower outputs alone choose the same patches
+        with torch.no_grad():
+            out = model.get_vision_tower()(pixels[0], request=model.get_pruning_method().tower_request)
+            for c in range(crops):
+                one = type(out)(*(None if t is None else t[c:c + 1] for t in
+                                  (out.features, out.cls_attn, out.keys, out.patch_attn)))
+                assert torch.equal(kept[c], model.get_pruning_method().select_patches(one, 58)[1][0])
+    if method == "pdrop":
+        assert sum(len(k) for k in kept) <= int(0.5 * (crops * 576 + 1000))
