@@ -528,3 +528,12 @@ def test_llava_next_prunes_per_crop(tmp_path_factory, method, params):
                 assert torch.equal(kept[c], model.get_pruning_method().select_patches(one, 58)[1][0])
     if method == "pdrop":
         assert sum(len(k) for k in kept) <= int(0.5 * (crops * 576 + 1000))
+
+
+def test_show_kept_method_params():
+    from llava.analysis.show_kept import method_params
+
+    assert method_params(["pdrop.layers=1", "pdrop.ratio=0.5", "vispruner.important_ratio=0.75"]) == {
+        "pdrop": {"layers": "1", "ratio": 0.5}, "vispruner": {"important_ratio": 0.75}}
+    with pytest.raises(SystemExit, match="expected METHOD.NAME=VALUE"):
+        method_params(["pdrop.nope=1"])

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["fastervlm"], choices=available_methods(), metavar="METHOD",
                    help=f"pruning methods, one row each ({', '.join(available_methods())})")
     p.add_argument("--tokens", nargs="+", type=int, default=[58], help="budgets per crop, one column each")
+    p.add_argument("--param", nargs="+", default=[], metavar="METHOD.NAME=VALUE",
+                   help="a method parameter (its dataclass field), e.g. pdrop.layers=1 pdrop.ratio=0.5 "
+                        "sparsevlm.keeps=100,40")
     p.add_argument("--model-path", default=str(TOY), help="LLaVA checkpoint (default: the shipped toy model)")
     p.add_argument("--question", default="What is in the image?", help="prompt for in-LLM methods")
     p.add_argument("--conv-mode", default="vicuna_v1", help="conversation template (default vicuna_v1)")
@@ -49,9 +52,27 @@ def shown_image(pixels: torch.Tensor, processor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def kept_patches(model, tokenizer, pixels, image_size, method: str, tokens: int, prompt_ids) -> torch.Tensor:
+def method_params(items: list[str]) -> dict[str, dict]:
+    """``METHOD.NAME=VALUE`` items → {method: {name: value}}, each value typed as the field's default."""
+    import dataclasses
+
+    from llava.pruning import _METHODS
+
+    params: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        fields = {f.name: f for f in dataclasses.fields(_METHODS[method])} if method in _METHODS else {}
+        if not (sep and dot and name in fields):
+            raise SystemExit(f"--param {item!r}: expected METHOD.NAME=VALUE with a parameter of a registered method")
+        params.setdefault(method, {})[name] = type(fields[name].default)(value)
+    return params
+
+
+def kept_patches(model, tokenizer, pixels, image_size, method: str, tokens: int, prompt_ids,
+                 params: dict | None = None) -> torch.Tensor:
     """Raster indices the method keeps in the first crop at budget ``tokens``."""
-    model.set_pruning_method(method)
+    model.set_pruning_method(method, **(params or {}))
     model.set_visual_token_num(tokens)
     if isinstance(model.get_pruning_method(), InLLMPruningMethod):
         model(prompt_ids, images=pixels, image_sizes=[image_size], use_cache=False, logits_to_keep=1)
@@ -84,6 +105,7 @@ def draw(image: np.ndarray, kept: dict[tuple[str, int], torch.Tensor], side: int
 
 def main(argv: list[str] | None = None) -> dict[tuple[str, int], list[int]]:
     args = build_parser().parse_args(argv)
+    method_params(args.param)  # fail before loading the model
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
 
@@ -95,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], list[int]]:
     prompt = build_prompt(args.question, 1, args.conv_mode, getattr(model.config, "mm_use_im_start_end", False))
     prompt_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(args.device)
     side = model.get_vision_tower().config.image_size // model.get_vision_tower().config.patch_size
-    kept = {(m, t): kept_patches(model, tokenizer, pixels, img.size, m, t, prompt_ids)
+    params = method_params(args.param)
+    kept = {(m, t): kept_patches(model, tokenizer, pixels, img.size, m, t, prompt_ids, params.get(m))
             for m in args.methods for t in args.tokens}
     first = pixels[0, 0] if pixels.ndim == 5 else pixels[0]  # LLaVA-NeXT: the base crop
     draw(shown_image(first, processor), kept, side, Path(args.out))
