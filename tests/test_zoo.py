@@ -11,17 +11,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from conftest import requires_in_llm
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.eval import model_vqa_loader
 from llava.mm_utils import process_images
-from llava.model.builder import load_pretrained_model
+from llava.model.builder import load_pretrained_model, load_tokenizer
 from llava.pruning import TowerRequest, get_method
 from llava.tools import toy_demo, toy_world
 from llava.tools.make_sample_data import make_sample_data
-from conftest import requires_in_llm
-from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model.builder import load_tokenizer
 from reference import reference_llama, reference_tower, reference_visual_tokens, splice
 from test_model_parity import make_image, prompt_ids
 from test_pruning import reference_pruned_greedy, run_layers
@@ -263,7 +261,8 @@ def reference_pdrop(llama, embeds, start: int, n: int, layers: list[int], ratio:
                 rows = [alive.tolist().index(p) for p in stage_rows.tolist()]
                 alive, hidden = alive[rows], hidden[:, rows]
                 stages.append(alive)
-            hidden = run_layers(llama, hidden, torch.arange(hidden.shape[1]), llama.model.layers[bounds[s]:bounds[s + 1]])
+            hidden = run_layers(llama, hidden, torch.arange(hidden.shape[1]),
+                                llama.model.layers[bounds[s]:bounds[s + 1]])
         logits = llama.lm_head(llama.model.norm(hidden))
         if kept is None:
             kept, logits0 = stages, logits
@@ -295,7 +294,8 @@ def test_pdrop_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers
     with torch.no_grad():
         logits = model(ids, images=pixels[:1]).logits
     final = kept[-1][(kept[-1] >= start) & (kept[-1] < start + 576)] - start
-    assert torch.equal(model.last_pruning.kept_indices[0], final) and len(final) == int(576 * ratio ** len(stage_layers))
+    assert torch.equal(model.last_pruning.kept_indices[0], final)
+    assert len(final) == int(576 * ratio ** len(stage_layers))
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # one decode step on the pruned cache: its logits (renumbered positions), not only argmax
         first = model(ids, images=pixels[:1], use_cache=True)
@@ -412,8 +412,8 @@ def test_sparsevlm_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, la
         token = first.logits[0, -1].argmax().view(1, 1)
         step = model(token, past_key_values=first.past_key_values, use_cache=True).logits[0, -1]
     grown = torch.cat([embeds, llama.get_input_embeddings()(token)], dim=1)
-    torch.testing.assert_close(step, reference_sparsevlm(llama, grown, start, 576, stage_layers, stage_keeps, L)[0][0, -1],
-                               atol=1e-5, rtol=1e-5)
+    expected = reference_sparsevlm(llama, grown, start, 576, stage_layers, stage_keeps, L)[0][0, -1]
+    torch.testing.assert_close(step, expected, atol=1e-5, rtol=1e-5)
     out = model.generate(ids, images=pixels[:1], do_sample=False, num_beams=1, max_new_tokens=4, use_cache=True)
     ref_ids = []  # greedy by recomputation: decoded tokens at their full-length positions, never dropped
     for _ in range(len(out[0])):
@@ -424,7 +424,8 @@ def test_sparsevlm_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, la
 
 
 def test_sparsevlm_budgets_are_the_authors():
-    assert get_method("sparsevlm").schedule(64) == (66, 30, 17) and get_method("sparsevlm").schedule(192) == (300, 200, 110)
+    assert get_method("sparsevlm").schedule(64) == (66, 30, 17)
+    assert get_method("sparsevlm").schedule(192) == (300, 200, 110)
     with pytest.raises(ValueError, match=r"defines budgets \[64, 96, 128, 192\] only"):
         get_method("sparsevlm").schedule(58)
     assert get_method("sparsevlm", keeps="120,60,30").schedule(58) == (120, 60, 30)

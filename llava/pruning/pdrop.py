@@ -19,7 +19,7 @@ from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 from llava.compat import OUTPUT_CACHE_FIELD
 from llava.pruning import register
-from llava.pruning.base import ImageTokens, InLLMPruningMethod
+from llava.pruning.base import ImageTokens, InLLMPruningMethod, select_topk_raster
 from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding
 
 
@@ -41,7 +41,8 @@ def ratio_for_average(share: float, layers: tuple[int, ...], num_layers: int) ->
     floor = layers[0] / num_layers  # λ = 0: only the first stage sees image tokens
     if not floor < share <= 1:
         raise ValueError(f"PyramidDrop with stages at layers {list(layers)} of {num_layers} keeps on average more than "
-                         f"{floor:.1%} of the image tokens; a budget of {share:.1%} is out of reach (pass --pdrop-lambda)")
+                         f"{floor:.1%} of the image tokens; a budget of {share:.1%} is out of reach "
+                         "(pass --pdrop-lambda)")
     lo, hi = 0.0, 1.0
     for _ in range(50):
         mid = (lo + hi) / 2
@@ -158,14 +159,13 @@ class PyramidDrop(InLLMPruningMethod):
                 for image in images:
                     at = torch.isin(alive[image.row], image.positions).nonzero().squeeze(1)  # its current tokens
                     count = int(image.positions.numel() * ratio ** s)  # of the original count, as released
-                    keep[image.row, at[scores[image.row, at].topk(count).indices]] = True
+                    keep[image.row, at[select_topk_raster(scores[image.row, at][None], count)[0]]] = True
                 counts = keep.sum(dim=1)
                 if not (counts == counts[0]).all():
                     raise ValueError("pdrop keeps different token counts in the rows of this batch (use batch size 1)")
-                rows = keep.nonzero()[:, 1].view(B, -1)
-                hidden, alive, padding = (t.gather(1, rows) if t.ndim == 2 else
-                                          t.gather(1, rows[..., None].expand(-1, -1, t.shape[-1]))
-                                          for t in (hidden, alive, padding))
+                rows = keep.nonzero()[:, 1].view(B, -1)  # (B, L') survivors' indices in the current sequence
+                hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
+                alive, padding = alive.gather(1, rows), padding.gather(1, rows)
                 pos = pos[:, :1] + torch.arange(alive.shape[1], device=device)  # renumbered, as released
                 kept.append(alive)
             mask = _causal_mask(config, hidden, padding, past_key_values, pos, layer_idx=bounds[s])

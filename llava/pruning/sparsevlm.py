@@ -15,7 +15,7 @@ from transformers.models.llama.modeling_llama import repeat_kv
 
 from llava.compat import OUTPUT_CACHE_FIELD
 from llava.pruning import register
-from llava.pruning.base import ImageTokens, InLLMPruningMethod
+from llava.pruning.base import ImageTokens, InLLMPruningMethod, select_topk_raster
 from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding
 from llava.pruning.pdrop import _rope
 
@@ -143,7 +143,7 @@ class SparseVLM(InLLMPruningMethod):
         v0, v1 = span
         image = scores[v0:v1]  # (n,): rater attention of the span's tokens
         kept = torch.zeros(v1 - v0, dtype=torch.bool, device=hidden.device)
-        kept[image.topk(min(keep, v1 - v0 - 1)).indices] = True
+        kept[select_topk_raster(image[None], min(keep, v1 - v0 - 1))[0]] = True
         pruned = (~kept).nonzero().squeeze(1)  # in sequence order
         recycle = pruned[image[pruned].topk(int(pruned.numel() * 0.3) + 1).indices]  # top 30 %, by score
         merged = dpc_knn_merge(hidden[v0:v1][recycle], int(recycle.numel() / 10) + 1)  # (clusters, D)

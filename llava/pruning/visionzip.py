@@ -32,7 +32,8 @@ class VisionZip(PruningMethod):
 
     def __post_init__(self):
         if self.contextual < -1:
-            raise ValueError(f"--visionzip-contextual must be >= 0 (or -1 for the authors' share), got {self.contextual}")
+            raise ValueError(f"--visionzip-contextual must be >= 0 (or -1 for the authors' share), "
+                             f"got {self.contextual}")
 
     def split(self, k: int) -> tuple[int, int]:
         """(dominant, contextual) token counts for a budget of ``k`` per crop."""
