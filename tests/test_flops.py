@@ -166,3 +166,37 @@ def test_in_llm_method_rows_cost_like_fastv_at_their_layer(capsys: pytest.Captur
     assert out["in_llm"] == {"adaptprune": 3} and [r["method"] for r in out["rows"]][2] == "adaptprune (K=3)"
     with pytest.raises(SystemExit):
         F.main(["--in-llm", "adaptprune"])
+
+
+def test_comparison_methods_and_pyramid_schedules(capsys: pytest.CaptureFixture[str]) -> None:
+    model = F.PRESETS["llava-v1.5-7b"]
+    rows = {r.method: r for r in F.efficiency_rows(model, [192], fastv_k=None,
+                                                   methods=["vispruner", "visionzip", "divprune", "pdrop"])}
+    for name in ("vispruner", "visionzip", "divprune"):  # every layer sees the kept tokens, as FasterVLM
+        assert (rows[name].flops_t, rows[name].kv_storage_mb) == (rows["FasterVLM"].flops_t, rows["FasterVLM"].kv_storage_mb)
+    # PyramidDrop's default: 8 layers each at 576, 288, 144, 72 tokens, by hand from the layer formula.
+    assert F.pdrop_schedule(576, 32) == [576] * 8 + [288] * 8 + [144] * 8 + [72] * 8
+    by_hand = sum(8 * F.layer_flops(model, n) for n in (576, 288, 144, 72))
+    assert F.schedule_prefill_flops(model, 0, F.pdrop_schedule(576, 32)) == by_hand
+    assert F.pdrop_ratio_for_average(270, 576, 32) == pytest.approx(0.5, abs=1e-3)
+    schedule = F.layer_schedule("pdrop", model, 192)
+    assert sum(schedule) / 32 == pytest.approx(192, abs=1) and schedule[:8] == [576] * 8
+    assert rows["pdrop"].kv_storage_mb == pytest.approx(sum(schedule) / 32 * 0.5)
+    assert rows["pdrop"].flops_t > rows["FasterVLM"].flops_t  # its early layers see every token
+    with pytest.raises(ValueError, match="out of reach"):  # 8·576/32 = 144 is PyramidDrop's least average
+        F.layer_schedule("pdrop", model, 58)
+    assert F.main(["--kept", "288", "--methods", "vispruner", "pdrop", "--no-fastv", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in out["rows"]] == ["llava-v1.5-7b", "vispruner", "pdrop", "FasterVLM"]
+    with pytest.raises(SystemExit):
+        F.main(["--kept", "58", "--methods", "pdrop"])
+
+
+def test_sparsevlm_schedule_by_hand() -> None:
+    model = F.PRESETS["llava-v1.5-7b"]
+    # 64: after layer 2, 66 kept + int((int(510·0.3)+1)/10)+1 = 16 recycled; after 6, 30 + 2; after 15, 17 + 1.
+    assert F.layer_schedule("sparsevlm", model, 64) == [576] * 3 + [82] * 4 + [32] * 9 + [18] * 16
+    row = {r.method: r for r in F.efficiency_rows(model, [64], fastv_k=None, methods=["sparsevlm"])}["sparsevlm"]
+    assert row.kv_storage_mb == pytest.approx((3 * 576 + 4 * 82 + 9 * 32 + 16 * 18) / 32 * 0.5)
+    with pytest.raises(ValueError, match="SparseVLM defines"):
+        F.layer_schedule("sparsevlm", model, 58)

@@ -79,7 +79,7 @@ def budget(deep):
 
 def test_registry_names_methods_and_errors():
     built_in = ("fastervlm", "random", "patch-attn", "cls-llm-layer2", "cls-merge", "fastv", "adaptprune",
-                "adaptprune-cls")
+                "adaptprune-cls", "vispruner", "visionzip", "divprune", "pdrop", "sparsevlm")
     assert available_methods()[:len(built_in)] == built_in  # first, in the CLI's order; plugins may follow
     with pytest.raises(ValueError, match=r"unknown pruning method 'fastvv'.*fastv"):
         get_method("fastvv")

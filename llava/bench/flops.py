@@ -253,6 +253,90 @@ def kept_from_reduction(model: ModelConfig, reduction_pct: float) -> int:
     return model.num_crops * per_crop
 
 
+# --------------------------------------------------------------------------- comparison methods (docs/methods.md)
+
+# Before the LLM (or at its input): every layer sees the kept tokens, costed as FasterVLM. Their selection
+# arithmetic (VisPruner's similarity rounds, VisionZip's merging, DivPrune's greedy max-min) is below the
+# tables' precision and not counted; VisionZip's and VisPruner's towers run whole, as FasterVLM's.
+BEFORE_LLM_METHODS = ("vispruner", "visionzip", "divprune")
+# PyramidDrop's default: stages end before layers 8, 16, 24 of a 32-layer LLM, each keeping λ of the previous.
+PDROP_LAYERS, PDROP_RATIO = (8, 16, 24), 0.5
+
+
+def pdrop_schedule(n_visual: int, num_layers: int, layers: Sequence[int] = PDROP_LAYERS,
+                   ratio: float = PDROP_RATIO) -> list[int]:
+    """Visual tokens each layer sees under PyramidDrop: ``n_visual`` before ``layers[0]``, then ``int(n × λ^s)``
+    (the released code's truncation) in stage ``s``."""
+    counts, stage = [], 0
+    for layer in range(num_layers):
+        while stage < len(layers) and layer >= layers[stage]:
+            stage += 1
+        counts.append(int(n_visual * ratio ** stage))
+    return counts
+
+
+def pdrop_ratio_for_average(target: float, n_visual: int, num_layers: int,
+                            layers: Sequence[int] = PDROP_LAYERS) -> float:
+    """The λ whose PyramidDrop schedule averages ``target`` visual tokens per layer (bisection; the average grows
+    with λ). E.g. 576 tokens, 32 layers: λ = 0.5 averages 270 (576/288/144/72 over four 8-layer stages)."""
+    floor = n_visual * layers[0] / num_layers  # λ = 0: only the first stage sees tokens
+    if not floor < target <= n_visual:
+        raise ValueError(f"PyramidDrop with stages at layers {list(layers)} averages more than {floor:g} visual tokens "
+                         f"per layer (its first stage sees all {n_visual}); {target} is out of reach")
+    bounds = (0, *layers, num_layers)
+    lo, hi = 0.0, 1.0
+    for _ in range(50):  # on the untruncated shares, as llava.pruning.pdrop solves it
+        mid = (lo + hi) / 2
+        avg = n_visual * sum((bounds[s + 1] - bounds[s]) * mid ** s for s in range(len(bounds) - 1)) / num_layers
+        lo, hi = (mid, hi) if avg < target else (lo, mid)
+    return hi
+
+
+# SparseVLM v1 (Gumpest/SparseVLMs score.py): image tokens kept after layers 2, 6, 15 per budget it defines.
+SPARSEVLM_LAYERS = (2, 6, 15)
+SPARSEVLM_KEEPS = {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)}
+
+
+def sparsevlm_schedule(n_visual: int, num_layers: int, keeps: Sequence[int],
+                       layers: Sequence[int] = SPARSEVLM_LAYERS) -> list[int]:
+    """Image tokens each layer sees under SparseVLM v1: after layer ``layers[s]`` min(keep, n − 1) stay, plus
+    int((int(0.3 · dropped) + 1) / 10) + 1 recycled (merged) tokens, which count from then on."""
+    counts, n, stage = [], n_visual, 0
+    for layer in range(num_layers):
+        counts.append(n)
+        if stage < len(layers) and layer == layers[stage]:
+            kept = min(keeps[stage], n - 1)
+            n = kept + int((int((n - kept) * 0.3) + 1) / 10) + 1
+            stage += 1
+    return counts
+
+
+def layer_schedule(method: str, model: ModelConfig, kept: int) -> list[int]:
+    """Visual tokens per LLM layer that ``method`` leaves at budget ``kept`` (total over crops)."""
+    L, n = model.llm.num_layers, model.visual_tokens
+    if method in BEFORE_LLM_METHODS or method == "fastervlm":
+        return [kept] * L
+    if method == "pdrop":  # the target is the average over layers
+        return pdrop_schedule(n, L, ratio=pdrop_ratio_for_average(kept, n, L))
+    if method == "sparsevlm":  # the nominal budget per crop names the schedule
+        per_crop = kept // model.num_crops
+        if per_crop * model.num_crops != kept or per_crop not in SPARSEVLM_KEEPS:
+            raise ValueError(f"SparseVLM defines {sorted(SPARSEVLM_KEEPS)} tokens per crop only, not {kept}")
+        return sparsevlm_schedule(n, L, [k * model.num_crops for k in SPARSEVLM_KEEPS[per_crop]])
+    raise ValueError(f"no FLOPs schedule for {method!r} (known: fastervlm, {', '.join(BEFORE_LLM_METHODS)}, "
+                     "pdrop, sparsevlm)")
+
+
+def schedule_prefill_flops(cfg: LLMConfig | ModelConfig, n_text: int, schedule: Sequence[int]) -> float:
+    """Prefill FLOPs when layer ``i`` sees ``n_text + schedule[i]`` tokens (multi-stage pruning)."""
+    return sum(layer_flops(cfg, n_text + n) for n in schedule)
+
+
+def schedule_kv_cache_mb(cfg: LLMConfig | ModelConfig, schedule: Sequence[int], bytes_per_elem: int = 2) -> float:
+    """Visual KV cache when layer ``i`` caches ``schedule[i]`` tokens."""
+    return kv_cache_mb(cfg, sum(schedule) / len(schedule), bytes_per_elem)
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -271,11 +355,11 @@ class Row:
 def efficiency_rows(model: ModelConfig, kept: Sequence[int], *, n_text: int = 0,
                     include_vision: bool = True, fastv_k: int | None = 2,
                     fastv_kept: Sequence[int] | None = None, bytes_per_elem: int = 2,
-                    in_llm: Sequence[tuple[str, int]] = ()) -> list[Row]:
+                    in_llm: Sequence[tuple[str, int]] = (), methods: Sequence[str] = ()) -> list[Row]:
     """Unpruned row, then FasterVLM and (unless ``fastv_k`` is None) FastV rows per budget.
 
     ``in_llm``: ``(method, K)`` of further in-LLM methods, each a FastV-like row at its layer K
-    with FasterVLM's budget. ``n_text=0`` and ``include_vision=True`` reproduce tables 11-13;
+    with FasterVLM's budget. ``methods``: comparison methods (``layer_schedule``) at each budget. ``n_text=0`` and ``include_vision=True`` reproduce tables 11-13;
     table 6 omits the vision encoder.
     """
     n_vis = model.visual_tokens
@@ -300,6 +384,10 @@ def efficiency_rows(model: ModelConfig, kept: Sequence[int], *, n_text: int = 0,
         for name, k in in_llm:
             fl = fastv_prefill_flops(model, n_text, n_vis, t, k) + vis
             rows.append(row(f"{name} (K={k})", t, fl, fastv_kv_cache_mb(model, n_vis, t, k, bytes_per_elem)))
+        for name in methods:
+            schedule = layer_schedule(name, model, t)
+            rows.append(row(name, t, schedule_prefill_flops(model, n_text, schedule) + vis,
+                            schedule_kv_cache_mb(model, schedule, bytes_per_elem)))
         fl = llm_prefill_flops(model, n_text + t) + vis
         rows.append(row("FasterVLM", t, fl, kv_cache_mb(model, t, bytes_per_elem)))
     return rows
@@ -350,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-llm", nargs="+", default=[], metavar="METHOD:K", type=_in_llm_method,
                    help="further in-LLM pruning methods, costed like FastV at their layer K, "
                         "e.g. cls-llm-layer2:2 adaptprune:2")
+    p.add_argument("--methods", nargs="+", default=[], metavar="METHOD",
+                   help="comparison methods at each budget: vispruner visionzip divprune (as FasterVLM), pdrop "
+                        "(the budget is its average over layers), sparsevlm (64/96/128/192 name its schedule); "
+                        "docs/methods.md")
     p.add_argument("--vision-encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="count the ViT's FLOPs (tables 11-13 do; table 6 does not)")
     p.add_argument("--crops", type=int,
@@ -400,14 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                include_vision=args.vision_encoder,
                                fastv_k=None if args.no_fastv else args.fastv_k,
                                fastv_kept=args.fastv_kept, bytes_per_elem=args.kv_bytes,
-                               in_llm=args.in_llm)
+                               in_llm=args.in_llm, methods=args.methods)
     except ValueError as e:
         raise SystemExit(str(e)) from e
     if args.json:
         json.dump({"model": asdict(model), "text_tokens": args.text_tokens,
                    "vision_encoder": args.vision_encoder,
                    "fastv_k": None if args.no_fastv else args.fastv_k,
-                   "in_llm": dict(args.in_llm),
+                   "in_llm": dict(args.in_llm), "methods": args.methods,
                    "mb": "MiB (2**20 bytes)", "rows": [asdict(r) for r in rows]},
                   sys.stdout, indent=2)
         print()

@@ -195,6 +195,29 @@ def table(scores: Scores, tokens: list[int], baseline_tokens: int, marks: dict[t
     return header, rows, notes
 
 
+def methods_table(eval_dir: str | os.PathLike, ckpt: str, methods: list[str], tokens: list[int], baseline_method: str,
+                  baseline_tokens: int, allow_mixed: bool) -> tuple[list[str], list[list[str]], list[str]]:
+    """Methods × budgets, as the papers' comparison tables: every row's Average % is relative to the one unpruned
+    run (``baseline_method`` at ``baseline_tokens``). Each method's cells are checked against each other (their
+    runs may differ only in the budget); the baseline's settings differ from theirs by the method, as they must."""
+    baseline = {b: c.score for b, c in load_cells(eval_dir, ckpt, baseline_method, [baseline_tokens])[baseline_tokens].items()}
+    if not baseline:
+        raise InputError(f"no scores of the unpruned run ({baseline_method}/n_{baseline_tokens}) under {eval_dir}")
+    budgets = [t for t in tokens if t != baseline_tokens]
+    header = ["Method", *table({}, [], baseline_tokens)[0]]
+    rows = [[f"unpruned ({baseline_method})", str(baseline_tokens),
+             *(f"{baseline[b]:.2f}" if b in baseline else "-" for b in BENCHMARKS), "100.00"]]
+    notes = []
+    for method in methods:
+        cells = load_cells(eval_dir, ckpt, method, budgets)
+        marks, provenance = check_provenance(cells, budgets[0], allow_mixed)
+        scores = {t: {b: c.score for b, c in row.items()} for t, row in cells.items()}
+        _, method_rows, method_notes = table({**scores, baseline_tokens: baseline}, budgets, baseline_tokens, marks)
+        rows += [[method, *r] for r in method_rows]
+        notes += [f"{method} {n}" for n in method_notes + provenance]
+    return header, rows, notes
+
+
 def render(header: list[str], rows: list[list[str]], fmt: str) -> str:
     """The table as Markdown or CSV text."""
     if fmt == "csv":
@@ -221,7 +244,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="show cells whose runs differ in settings other than the token budget (marked ‡) "
                              "instead of refusing the table")
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="output format")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="one row per method and budget (e.g. fastervlm vispruner visionzip), each relative to "
+                             "the unpruned run of --method at --baseline-tokens")
     args = parser.parse_args(argv)
+    if args.methods:
+        if args.set:
+            parser.error("--set does not combine with --methods")
+        header, rows, notes = methods_table(args.eval_dir, args.ckpt, args.methods, args.tokens, args.method,
+                                            args.baseline_tokens, args.allow_mixed)
+        print(render(header, rows, args.format), end="")
+        if notes:
+            print("\n" + "\n".join(notes), file=sys.stderr if args.format == "csv" else sys.stdout)
+        return
     tokens = list(dict.fromkeys([*args.tokens, args.baseline_tokens]))
     cells = load_cells(args.eval_dir, args.ckpt, args.method, tokens)
     for item in args.set:

@@ -23,6 +23,12 @@ from llava.pruning import cls_llm_layer  # noqa: E402,F401  isort: skip
 from llava.pruning import cls_merge  # noqa: E402,F401  isort: skip
 from llava.pruning import fastv  # noqa: E402,F401  isort: skip
 from llava.pruning import adaptprune  # noqa: E402,F401  isort: skip
+# The comparison methods (docs/methods.md): VisPruner, VisionZip, DivPrune, PyramidDrop, SparseVLM.
+from llava.pruning import vispruner  # noqa: E402,F401  isort: skip
+from llava.pruning import visionzip  # noqa: E402,F401  isort: skip
+from llava.pruning import divprune  # noqa: E402,F401  isort: skip
+from llava.pruning import pdrop  # noqa: E402,F401  isort: skip
+from llava.pruning import sparsevlm  # noqa: E402,F401  isort: skip
 
 __all__ = ["ENTRY_POINT_GROUP", "CLIParameter", "InLLMPruningMethod", "LLMPruningContext", "MethodChoices",
            "PruningMethod", "TowerOutputs", "TowerRequest", "available_methods", "check_budget", "check_installed",

@@ -25,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from llava.compat import LAYER_CACHE_KWARG, OUTPUT_CACHE_FIELD, mask_cache_kwarg, require_transformers
+from llava.compat import LAYER_CACHE_KWARG, OUTPUT_CACHE_FIELD, mask_cache_kwarg, output_cache, require_transformers
 from llava.pruning.base import ImageTokens, InLLMPruningMethod, LLMPruningContext
 
 # create_causal_mask(layer_idx=...) sizes a mask against one layer's cache: layers ≥ K hold fewer tokens.
@@ -179,6 +179,12 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
             attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, past_key_values, use_cache: bool,
             **kwargs) -> PrefillResult:
     """Prefill ``model`` (a ``LlamaModel``) on ``inputs_embeds`` (B, L, D), pruning visual tokens before layer K."""
+    if hasattr(method, "prefill"):  # a multi-stage method runs its own loop (PyramidDrop, SparseVLM)
+        result = method.prefill(model, images, budget, inputs_embeds, attention_mask, position_ids, past_key_values,
+                                use_cache, **kwargs)
+        if result.pruned_cache is not None:  # its decode steps find their state on the cache, as below
+            setattr(output_cache(result.outputs), _CACHE_ATTR, result.pruned_cache)
+        return result
     config, K = model.config, method.llm_layer
     if not K < config.num_hidden_layers:
         raise ValueError(f"{method.name} prunes before LLM layer {K}, "
@@ -235,10 +241,14 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
 def decode(model, pruned: PrunedCache, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
            position_ids: torch.Tensor | None, past_key_values, use_cache: bool, **kwargs) -> BaseModelOutputWithPast:
     """A decode step (B, q, D) on the caches a pruned prefill left: layers < K see all, layers ≥ K the kept tokens."""
+    if hasattr(pruned, "decode"):  # left by a method's own prefill
+        return pruned.decode(model, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, **kwargs)
     config, K = model.config, pruned.layer
     B, q, _ = inputs_embeds.shape
     device = inputs_embeds.device
     past = past_key_values.get_seq_length()  # layer 0: every token so far, the position bookkeeping
+    if K == 0:  # pruned at the LLM's input (DivPrune): layer 0 too holds only the kept prefill tokens
+        past += pruned.prefill_length - pruned.kept_positions.shape[1]
     if position_ids is None:
         position_ids = (torch.arange(q, device=device) + past)[None]
     position_ids = position_ids.expand(B, -1)
