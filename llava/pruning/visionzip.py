@@ -42,8 +42,8 @@ class VisionZip(PruningMethod):
             raise ValueError(f"--visionzip-contextual {contextual} exceeds the budget of {k} tokens per crop")
         return k - contextual, contextual
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        dominant, contextual = self.split(k)
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dominant, contextual = self.split(budget)
         features = tower.features.clone()  # (B, N, C)
         B, N, _ = features.shape
         # Summed over heads, as upstream (a sum, not FasterVLM's mean: the same order up to rounding).

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest
+from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, check_budget
 from llava.pruning.registry import register
 
 
@@ -57,11 +57,9 @@ class VisPruner(PruningMethod):
         if not 0.0 <= self.important_ratio <= 1.0:
             raise ValueError(f"--important-ratio must be in [0, 1], got {self.important_ratio}")
 
-    def select_patches(self, tower: TowerOutputs, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_patches(self, tower: TowerOutputs, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
         features = tower.features  # (B, N, C), the image dtype as upstream (fp16 on GPU)
-        n = features.shape[1]
-        if not 0 <= k <= n:
-            raise ValueError(f"visual_token_num={k} is out of range: the vision tower yields {n} patches per image")
+        k = check_budget(budget, features.shape[1])
         important = int(k * self.important_ratio)  # truncates, as upstream
         order = descending_order(tower.cls_scores)  # (B, N): head-mean [CLS] attention, high to low
         # Upstream's arithmetic exactly: x / ‖x‖ then a matrix product (cosine_similarity or fp64 pick differently
