@@ -23,7 +23,8 @@ from openpyxl.utils.exceptions import InvalidFileException
 
 from llava.eval.convert_mmbench_for_submission import (TEXT_COLUMNS, check_index, load_predictions,
                                                        match_predictions, read_tsv)
-from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli, write_score
+from llava.eval.provenance import write_score
+from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli
 
 OPTION_LETTERS = "ABCD"
 # The 2023 option rule looks for A-E whatever the item's options are; "E" was the "none of them" letter.

@@ -23,8 +23,8 @@ from typing import Any, Collection, Mapping, Sequence
 
 from llava.eval.judge import (FAILURES_FILE, Judge, Tally, add_judge_args, judge_from_args, judge_many, positive_int,
                               prompt_sha256)
-from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, read_json, require_keys, write_json,
-                              write_score)
+from llava.eval.provenance import write_score
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, read_json, require_keys, write_json)
 
 # Exact few-shot prompt of yuweihao/MM-Vet mm-vet_evaluator.py (it ends with a newline).
 FEW_SHOT_PROMPT = """Compare the ground truth and prediction from AI models, to give a correctness score for the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground truth are present in the prediction, and <OR> means it is totally right when any one element in the ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.

@@ -30,8 +30,9 @@ from typing import Any, Iterable, Mapping
 
 from llava.eval.judge import (FAILURES_FILE, Judge, MalformedReply, Tally, add_judge_args, judge_from_args,
                               judge_many, positive_int, prompt_sha256)
+from llava.eval.provenance import write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, iter_jsonl, read_json, require_keys,
-                              write_json, write_score)
+                              write_json)
 
 # Exact texts of Video-LLaVA videollava/eval/video/eval_video_qa.py (identical in Video-ChatGPT's
 # quantitative_evaluation/evaluate_activitynet_qa.py). Upstream concatenates literals without
