@@ -12,6 +12,7 @@ import pytest
 from llava.eval import convert_mmbench_for_submission as conv
 from llava.eval import eval_mmbench as mmb
 from llava.eval.utils import InputError, read_json
+from manifests import attach_manifest
 from conftest import cli_error
 
 UPLOAD = "llava-eval/mmbench/answers_upload/mmbench_dev_20230712/llava-v1.5-13b.xlsx"
@@ -270,8 +271,7 @@ def test_partial_answers(tiny, tmp_path, capsys):
 
 def test_manifest_follows_the_upload(tiny, tmp_path):
     tsv, answers = tiny
-    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
-    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    manifest = attach_manifest(Path(answers))
     upload, score_file = tmp_path / "upload.xlsx", tmp_path / "score.json"
     conv.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--upload-file", str(upload)])
     mmb.main(["--upload-file", str(upload), "--score-file", str(score_file)])

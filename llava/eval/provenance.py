@@ -231,6 +231,16 @@ def media_fingerprint(files: list[tuple[str, str]]) -> dict:
     return {"files": len(set(files)), "missing": missing, "sha256": digest.hexdigest()[:16]}
 
 
+def check_answers(answers_file: str | os.PathLike) -> dict | None:
+    """The manifest of a scorer's input, checked whole and (for answer lines) against every line; None when the
+    input has no manifest (answers made elsewhere, e.g. upstream's). Scorers that pay per question (the judges)
+    call it before their first request; :func:`write_score` calls it for every scorer."""
+    manifest = read_manifest(answers_file)
+    if manifest is not None and Path(answers_file).suffix == ".jsonl":
+        check_lines(answers_file, manifest)
+    return manifest
+
+
 def write_score(path: str | os.PathLike | None, benchmark: str, score: float, metric: str,
                 details: dict | None = None, *, answers_file: str | os.PathLike | None = None,
                 partial: dict | None = None) -> None:
@@ -242,9 +252,7 @@ def write_score(path: str | os.PathLike | None, benchmark: str, score: float, me
     """
     if path is None:
         return
-    manifest = read_manifest(answers_file) if answers_file is not None else None
-    if manifest is not None and Path(answers_file).suffix == ".jsonl":
-        check_lines(answers_file, manifest)
+    manifest = check_answers(answers_file) if answers_file is not None else None
     write_json(path, {"benchmark": benchmark, "metric": metric, "score": score, "details": details or {},
                       "partial": partial, "answers_file": None if answers_file is None else str(answers_file),
                       "manifest": manifest}, indent=2)
