@@ -81,13 +81,18 @@ def _lines(path: Path) -> tuple[bytes, list[bytes]]:
 def read_answered(path: Path, key_fields: Sequence[str], fingerprint: str | None) -> set[tuple]:
     """Keys already answered in ``path``, checked line by line.
 
-    A torn last line (a killed run) is cut off; a complete last line without its newline gets one, so the next
+    A leading byte order mark is removed. A torn last line (a killed run) is cut off; a complete last line without its newline gets one, so the next
     answer is not glued onto it. A malformed line elsewhere, a repeated key or a line made under another manifest
     (``metadata.manifest`` differs from ``fingerprint``) is an error naming the line.
     """
     if not path.is_file():
         return set()
     raw, lines = _lines(path)
+    if raw.startswith(BOM):  # saved by an editor that adds one: drop it, as other readers of the file would choke
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(raw[len(BOM):])
+        os.replace(tmp, path)
+        raw = raw[len(BOM):]
     done: dict[tuple, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():

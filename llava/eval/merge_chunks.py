@@ -23,12 +23,13 @@ from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli,
 def _chunk_manifests(chunks: list[str]) -> list[dict]:
     manifests = []
     for idx, path in enumerate(chunks):
+        if Path(path).parent.is_dir():
+            with exclusive(Path(path)):  # a chunk still being written is not merged (the error names its writer)
+                pass
         manifest = provenance.read_manifest(path)
         if manifest is None:
             raise InputError(f"{path}: no run manifest ({provenance.manifest_path(path).name}); it was not written by "
                              "this package's inference, or its chunk never started")
-        with exclusive(Path(path)):  # a chunk still being written is not merged (the error names its writer)
-            pass
         if (manifest["chunk"]["num_chunks"], manifest["chunk"]["chunk_idx"]) != (len(chunks), idx):
             raise InputError(f"{path}: is chunk {manifest['chunk']['chunk_idx']} of {manifest['chunk']['num_chunks']}, "
                              f"but was given as chunk {idx} of {len(chunks)}; pass every chunk, in order")

@@ -328,7 +328,8 @@ def check_checkpoint(args, method) -> None:
     cfg = read_model_config(model_path)
     layers = cfg.get("num_hidden_layers", (cfg.get("text_config") or {}).get("num_hidden_layers"))
     if layer is not None and isinstance(layers, int) and layer >= layers:
-        flags = " / ".join(p.flag for p in cli_parameters() if method.name in p.defaults) or "its layer"
+        flags = " / ".join(p.flag for p in cli_parameters()
+                           if method.name in p.defaults and getattr(method, p.param, None) == layer) or "its layer"
         raise InputError(f"--pruning-method {method.name} prunes before LLM layer {layer} ({flags}), but the LLM of "
                          f"{model_path} has {layers} layers (0..{layers - 1})")
 
@@ -396,8 +397,9 @@ def _answer(args, answers: AnswerFormat, answers_file: Path, manifest: dict, chu
                if part]
     visual_tokens: list[int] = []
     skipped: dict[tuple, dict] = {}
-    bar = tqdm(total=len(todo), desc=answers_file.name)
-    with open(answers_file, "a", encoding="utf-8", newline="\n") as out:
+    # The bar closes (ending its line) before any error is printed.
+    with (tqdm(total=len(todo), desc=answers_file.name) as bar,
+          open(answers_file, "a", encoding="utf-8", newline="\n") as out):
         for planned in batches:
             batch, media = _load_media(planned, args.skip_missing_images, skipped, bar, model.config)
             if not batch:
@@ -419,7 +421,6 @@ def _answer(args, answers: AnswerFormat, answers_file: Path, manifest: dict, chu
             out.flush()
             bar.update(len(batch))
             bar.set_postfix(v_token_num=counts[-1])
-    bar.close()
     if visual_tokens:
         print(f"Average number of visual tokens: {sum(visual_tokens) / len(visual_tokens):.2f} "
               f"(over the {len(visual_tokens)} answers of this run)")
