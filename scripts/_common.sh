@@ -42,7 +42,8 @@ fastervlm_init() {
         echo "error: RUN_TAG '$RUN_TAG' must not contain '/'" >&2
         exit 2
     fi
-    read -ra EXTRA <<< "${EXTRA_ARGS:-}"
+    EXTRA=()
+    read -r -d '' -a EXTRA <<< "${EXTRA_ARGS:-}" || true  # every blank (newlines too) separates words; no globbing
     local word flag
     for word in ${EXTRA[@]+"${EXTRA[@]}"}; do
         for flag in "${SCRIPT_FLAGS[@]}"; do

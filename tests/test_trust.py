@@ -102,6 +102,21 @@ def test_a_limited_trial_then_the_full_run_at_another_batch_size_continues(tiny_
     assert manifest["info"]["batch_sizes"] == [1, 2] and manifest["chunk"]["questions"] == 4
 
 
+def test_a_manifest_deleted_while_the_model_loads_is_written_again(tiny_ckpt, data, tmp_path, monkeypatch):
+    import llava.model.builder as builder
+
+    answers = tmp_path / "a.jsonl"
+    load = builder.load_pretrained_model
+
+    def load_and_delete(*args, **kwargs):
+        manifest_path(answers).unlink()
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "load_pretrained_model", load_and_delete)
+    model_vqa_loader.main(textvqa(tiny_ckpt, answers, "--limit", "1", data=data))
+    assert read_manifest(answers)["fingerprint"] == read(answers)[0]["metadata"]["manifest"]
+
+
 # ------------------------------------------------------------------ other weights, other pictures
 
 def test_resume_or_merge_over_other_pictures_or_weights_is_refused(tiny_ckpt, data, tmp_path):

@@ -81,8 +81,8 @@ def _lines(path: Path) -> tuple[bytes, list[bytes]]:
 def read_answered(path: Path, key_fields: Sequence[str], fingerprint: str | None) -> set[tuple]:
     """Keys already answered in ``path``, checked line by line.
 
-    A leading byte order mark is removed. A torn last line (a killed run) is cut off; a complete last line without its newline gets one, so the next
-    answer is not glued onto it. A malformed line elsewhere, a repeated key or a line made under another manifest
+    A leading byte order mark is removed. A torn last line (a killed run) is cut off; a complete last line without
+    its newline gets one, so the next answer is not glued onto it. A malformed line elsewhere, a repeated key or a line made under another manifest
     (``metadata.manifest`` differs from ``fingerprint``) is an error naming the line.
     """
     if not path.is_file():

@@ -217,7 +217,7 @@ def media_identity(path: str | os.PathLike) -> str | None:
 
 
 def media_fingerprint(files: list[tuple[str, str]]) -> dict:
-    """The identity of the images/videos a question set names: ``files`` are (name as the questions give it, path
+    """The identity of the images/videos a question set names: ``files`` are (the question's key as JSON, the path
     read). Each file is identified by :func:`media_identity`: size and content samples, not the mtime, so that a
     copy of the same pictures (node-local disk, rsync without -t) keeps the fingerprint while other pictures
     under the same names change it; the folder's path is bookkeeping. Missing files count as missing (so images

@@ -239,7 +239,8 @@ def build_manifest(args, task: Task, samples: Sequence[Sample], chunk: Sequence[
         "task": {"name": task.name, "options": options, "record_kept": args.record_kept,
                  "inputs_sha256": {name: _file_sha256(args, name) for name in _HASHED_FILES if hasattr(args, name)},
                  # Identity of every image/video the question set names (the whole set, so chunks compare).
-                 "media": provenance.media_fingerprint([(s.key, s.media_file) for s in samples if s.media_file]),
+                 "media": provenance.media_fingerprint([(json.dumps(s.key), s.media_file) for s in samples
+                                                        if s.media_file]),
                  **(extra_settings or {})},
     }
     paths = {k: os.path.abspath(os.path.expanduser(v)) for k, v in vars(args).items()
