@@ -106,6 +106,7 @@ def merge(chunks: list[str], out: str, allow_partial: bool = False, question_fil
     merged["chunk"] = {"num_chunks": 1, "chunk_idx": 0, "questions": total, "merged_from": [str(c) for c in chunks],
                        "partial": partial}
     merged["info"] = {**merged["info"], "batch_sizes": sorted({b for m in manifests for b in m["info"].get("batch_sizes", [])})}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     with exclusive(Path(out)):
         write_jsonl(out, rows)
         provenance.write_manifest(out, merged)
