@@ -286,3 +286,16 @@ def test_record_kept_lists_each_rows_own_patches(tiny_ckpt, data, tmp_path, toke
     if tokens:
         assert len({json.dumps(l["kept"]) for l in lines}) > 1  # each row its own image's patches
     assert read_manifest(one)["settings"]["task"]["record_kept"] is True
+
+
+def test_record_kept_on_llava_next_gives_each_row_its_crops(data, tmp_path):
+    from llava.tools.make_tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "llava-v1.6-tiny", arch="next")
+    one, two = tmp_path / "b1.jsonl", tmp_path / "b2.jsonl"
+    model_vqa_loader.main(textvqa(ckpt, one, "--record-kept", "--visual-token-num", "58", data=data))
+    model_vqa_loader.main(textvqa(ckpt, two, "--record-kept", "--visual-token-num", "58", "--batch-size", "2",
+                                  data=data))
+    lines = read(one)
+    assert all(len(l["kept"]) == 5 and all(len(crop) == 58 for crop in l["kept"]) for l in lines)  # 2×2 grid + base
+    assert [l["kept"] for l in read(two)] == [l["kept"] for l in lines]

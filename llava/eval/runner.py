@@ -444,11 +444,12 @@ def kept_patches(model, batch: list[Sample]) -> list[list[list[int]]]:
     info = model.last_pruning
     if info is None or not any(s.media is not None for s in batch):
         return [[] for _ in batch]
-    crops = [sorted(int(i) for i in crop) for group in info.kept_indices_per_image() for crop in group]
-    if len(crops) % len(batch):
-        raise RuntimeError(f"{len(crops)} kept-patch crops/frames cannot be shared out over {len(batch)} rows")
-    per_row = len(crops) // len(batch)  # every row of a batch has the same layout (crops or frames per item)
-    return [crops[i * per_row:(i + 1) * per_row] for i in range(len(batch))]
+    groups = [[sorted(int(i) for i in crop) for crop in group] for group in info.kept_indices_per_image()]
+    if len(groups) == len(batch):  # one image (its crops) per row
+        return groups
+    if len(batch) == 1:  # one video: a group per frame
+        return [[crop for group in groups for crop in group]]
+    raise RuntimeError(f"{len(groups)} kept-patch groups for a batch of {len(batch)} rows")
 
 
 def _load_media(batch: list[Sample], skip: bool, skipped: dict, bar, model_cfg) -> tuple[list[Sample], list]:
