@@ -128,8 +128,6 @@ def start(answers_file: Path, manifest: dict, key_fields: Sequence[str], overwri
     Bookkeeping (``info``: ``--limit``, batch size, paths) may differ from the run being resumed; the batch sizes
     of every run that wrote into the file are kept in ``info.batch_sizes``.
     """
-    if answers_file.is_dir():
-        raise InputError(f"--answers-file {answers_file}: is a folder; give the path of a .jsonl file")
     if overwrite:
         for path in (answers_file, provenance.manifest_path(answers_file), missing_log_path(answers_file)):
             path.unlink(missing_ok=True)
