@@ -244,15 +244,15 @@ def check_answers(answers_file: str | os.PathLike) -> dict | None:
 def write_score(path: str | os.PathLike | None, benchmark: str, score: float, metric: str,
                 details: dict | None = None, *, answers_file: str | os.PathLike | None = None,
                 partial: dict | None = None) -> None:
-    """Record a benchmark's headline number for ``llava.eval.summarize`` (no-op if ``path`` is None).
+    """Record a benchmark's headline number for ``llava.eval.summarize`` (only the checks below if ``path`` is None).
 
     ``answers_file``: the answers the score was computed from; its run manifest is checked (whole, and every line
     made under it) and copied into the score file, so every number says how it was made. ``partial``: the record
     :func:`llava.eval.utils.check_coverage` returned when only part of the questions were scored.
     """
+    manifest = check_answers(answers_file) if answers_file is not None else None  # refused even with no score file
     if path is None:
         return
-    manifest = check_answers(answers_file) if answers_file is not None else None
     write_json(path, {"benchmark": benchmark, "metric": metric, "score": score, "details": details or {},
                       "partial": partial, "answers_file": None if answers_file is None else str(answers_file),
                       "manifest": manifest}, indent=2)
