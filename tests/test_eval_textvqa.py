@@ -200,6 +200,7 @@ def test_score_refuses_an_edited_manifest_or_lines_of_another_run(files, tmp_pat
     rows = read_jsonl(res)
     rows[1]["metadata"]["manifest"] = "0" * 16
     _lines(res, rows)
-    with pytest.raises(InputError, match=r"answers.jsonl:2: made by another run"):
-        eval_textvqa.main(argv)
+    for args in (argv, argv[:4]):  # with and without a score file
+        with pytest.raises(InputError, match=r"answers.jsonl:2: made by another run"):
+            eval_textvqa.main(args)
     assert not (tmp_path / "score.json").exists()
