@@ -80,7 +80,10 @@ def test_two_runs_started_together_leave_one_run_whole(tiny_ckpt, data, tmp_path
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
     loser = next(err for rc, err in results if rc == 2)
-    assert loser.startswith("error: ") and "another run is writing it (pid" in loser and "Traceback" not in loser
+    # Usually the lock stops the second at once; on a slow machine the first may have finished before the second
+    # started, and then its other budget is refused: either way nothing mixes.
+    assert loser.startswith("error: ") and "Traceback" not in loser
+    assert "another run is writing it (pid" in loser or "made with other settings" in loser
     manifest = read_manifest(answers)
     lines = read(answers)
     assert len(lines) == 4 and {l["metadata"]["manifest"] for l in lines} == {manifest["fingerprint"]}
