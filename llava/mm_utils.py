@@ -26,6 +26,18 @@ def load_image(image_file: str | os.PathLike) -> Image.Image:
         raise ValueError(f"cannot read image {image_file}: {e}") from None
 
 
+def check_image_size(image: Image.Image, model_cfg, name: str | None) -> None:
+    """Refuse an image whose preprocessing would build a canvas above PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``): LLaVA-1.5's ``pad`` makes a 60000×2 strip a 60000×60000 square (3.6 G pixels)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    pixels = max(width, height) ** 2 if getattr(model_cfg, "image_aspect_ratio", None) == "pad" else width * height
+    if limit is not None and pixels > limit:
+        raise ValueError(f"image too large to preprocess safely: {name}: {width}×{height}"
+                         f"{' padded to a square' if pixels != width * height else ''} is {pixels} pixels, above PIL's "
+                         f"limit Image.MAX_IMAGE_PIXELS = {limit}")
+
+
 def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
     """Pad the short side symmetrically (LLaVA-1.5's ``pad`` aspect ratio mode)."""
     width, height = pil_img.size

@@ -12,6 +12,7 @@ import pytest
 from llava.eval import convert_mmbench_for_submission as conv
 from llava.eval import eval_mmbench as mmb
 from llava.eval.utils import InputError, read_json
+from manifests import attach_manifest
 from conftest import cli_error
 
 UPLOAD = "llava-eval/mmbench/answers_upload/mmbench_dev_20230712/llava-v1.5-13b.xlsx"
@@ -264,14 +265,11 @@ def test_partial_answers(tiny, tmp_path, capsys):
     # Question 1 lost a copy and is not scored; of 0 (all right) and 2 (unmatched), one is a hit.
     assert score["partial"] == {"answered": 6, "expected": 7, "missing": 1}
     assert (score["details"]["questions"], score["details"]["circular_hits"]) == (2, 1) and score["score"] == 50.0
-    with pytest.raises(SystemExit):
-        mmb.main(["--upload-file", str(upload), "--allow-partial"])
 
 
 def test_manifest_follows_the_upload(tiny, tmp_path):
     tsv, answers = tiny
-    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
-    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    manifest = attach_manifest(Path(answers))
     upload, score_file = tmp_path / "upload.xlsx", tmp_path / "score.json"
     conv.main(["--annotation-file", str(tsv), "--result-file", str(answers), "--upload-file", str(upload)])
     mmb.main(["--upload-file", str(upload), "--score-file", str(score_file)])
@@ -293,3 +291,20 @@ def test_cli_errors_are_one_line(tiny, tmp_path, module):
     out = ["--upload-file", str(tmp_path / "u.xlsx")] if module.startswith("convert") else []
     stderr = cli_error(f"llava.eval.{module}", "--annotation-file", str(tsv), "--result-file", str(bad), *out)
     assert stderr.startswith(f"error: {bad}:1: text must be a string")
+
+
+@pytest.mark.parametrize("dropped", [{2_000_000}, {2_000_000, 3_000_000}])  # a copy inside, the last two copies
+def test_incomplete_circular_groups_are_refused_or_marked(tiny, tmp_path, capsys, dropped):
+    tsv, answers = tiny
+    df = pd.read_csv(tsv, sep="\t")
+    df[~df["index"].isin(dropped)].to_csv(tsv, sep="\t", index=False)
+    rows = [json.loads(l) for l in answers.read_text().splitlines()]
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows if r["question_id"] not in dropped))
+    args = ["--annotation-file", str(tsv), "--result-file", str(answers)]
+    with pytest.raises(InputError, match=r"1 question\(s\) lack circular copies, e.g. index 0"):
+        mmb.main(args)
+    score_file = tmp_path / "score.json"
+    mmb.main(args + ["--allow-partial", "--score-file", str(score_file)])
+    assert "1 question(s) lack circular copies" in capsys.readouterr().err
+    score = read_json(score_file)
+    assert score["partial"]["incomplete_groups"] == 1 and score["details"]["questions"] == 2

@@ -8,6 +8,7 @@ import pytest
 
 from llava.eval import eval_mme
 from llava.eval.utils import InputError
+from manifests import attach_manifest
 from conftest import cli_error
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -187,8 +188,7 @@ def test_duplicate_answer_names_both_lines(tmp_path: Path) -> None:
 
 def test_score_file_carries_the_run_manifest(tmp_path: Path) -> None:
     gt_dir, qfile, rfile = _count_fixture(tmp_path, [_ans(2, "Yes"), _ans(3, "No")])
-    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
-    (tmp_path / "a.jsonl.manifest.json").write_text(json.dumps(manifest))
+    manifest = attach_manifest(Path(rfile))
     score_file = tmp_path / "score.json"
     eval_mme.main(["--question-file", str(qfile), "--result-file", str(rfile), "--gt-dir", str(gt_dir),
                    "--score-file", str(score_file)])

@@ -9,6 +9,7 @@ import pytest
 
 from llava.eval import eval_pope
 from llava.eval.utils import InputError
+from manifests import attach_manifest
 from conftest import cli_error
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -150,8 +151,7 @@ def test_missing_answers_are_an_error_unless_allowed(tmp_path: Path, capsys: pyt
 def test_score_file_carries_the_run_manifest(tmp_path: Path) -> None:
     ann_dir, qfile, questions = _fixture(tmp_path)
     rfile = _jsonl(tmp_path / "answers.jsonl", [{"question_id": q["question_id"], "text": "No"} for q in questions])
-    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
-    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    manifest = attach_manifest(Path(rfile))
     score_file = tmp_path / "score.json"
     eval_pope.main(["--annotation-dir", str(ann_dir), "--question-file", str(qfile), "--result-file", str(rfile),
                     "--score-file", str(score_file)])

@@ -1,9 +1,11 @@
 import json
 
 import pytest
+from pathlib import Path
 
 from llava.eval import eval_textvqa
 from llava.eval.utils import InputError, read_json, read_jsonl
+from manifests import attach_manifest
 from conftest import cli_error
 
 SUFFIX = "Answer the question using a single word or phrase."
@@ -143,8 +145,7 @@ def test_question_file_sets_the_expected_questions(files, tmp_path):
 
 def test_score_file_carries_the_run_manifest(files, tmp_path):
     ann, res = files
-    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 58}, "environment": {"torch": "x"}}
-    (tmp_path / "answers.jsonl.manifest.json").write_text(json.dumps(manifest))
+    manifest = attach_manifest(Path(res))
     score = tmp_path / "score.json"
     eval_textvqa.main(["--annotation-file", str(ann), "--result-file", str(res), "--score-file", str(score)])
     rec = read_json(score)
@@ -184,3 +185,22 @@ def test_cli_errors_are_one_line(tmp_path):
     stderr = cli_error("llava.eval.eval_textvqa", "--annotation-file", str(tmp_path / "nope.json"), "--result-file",
                        str(tmp_path / "a.jsonl"))
     assert stderr.startswith(f"error: {tmp_path / 'nope.json'}: file not found")
+
+
+def test_score_refuses_an_edited_manifest_or_lines_of_another_run(files, tmp_path):
+    ann, res = files
+    manifest = attach_manifest(Path(res))
+    manifest_file = Path(str(res) + ".manifest.json")
+    argv = ["--annotation-file", str(ann), "--result-file", str(res), "--score-file", str(tmp_path / "score.json")]
+    edited = {**manifest, "settings": {"visual_token_num": 144}}
+    manifest_file.write_text(json.dumps(edited))
+    with pytest.raises(InputError, match="no longer matches its fingerprint"):
+        eval_textvqa.main(argv)
+    attach_manifest(Path(res))
+    rows = read_jsonl(res)
+    rows[1]["metadata"]["manifest"] = "0" * 16
+    _lines(res, rows)
+    for args in (argv, argv[:4]):  # with and without a score file
+        with pytest.raises(InputError, match=r"answers.jsonl:2: made by another run"):
+            eval_textvqa.main(args)
+    assert not (tmp_path / "score.json").exists()

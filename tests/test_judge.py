@@ -21,6 +21,7 @@ import pytest
 from llava.eval import eval_mmvet
 from llava.eval.judge import (Backoff, FatalJudgeError, Judge, JudgeError, MalformedReply, cache_path, judge_many,
                               make_client)
+from llava.eval.provenance import fingerprint
 from llava.eval.utils import InputError, cli
 from llava.eval.video import eval_video_qa as vqa
 
@@ -158,6 +159,22 @@ def last_line(text: str) -> str:
 
 
 # --- engine ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, env, message", [
+    ({"base_url": "api.openai.com/v1", "api_key": "sk-test"}, {}, r"--base-url 'api.openai.com/v1': expected an http"),
+    ({"api_key": "sk-test"}, {"OPENAI_BASE_URL": "localhost:8000"}, r"\$OPENAI_BASE_URL 'localhost:8000'"),
+    ({"api_key": "sk-test\r"}, {}, r"API key from --api-key ends with whitespace"),
+    ({}, {"OPENAI_API_KEY": " sk-test"}, r"API key from \$OPENAI_API_KEY starts with whitespace"),
+])
+def test_bad_url_or_key_is_named_before_any_request(monkeypatch, kwargs, env, message):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=message) as err:
+        make_client(**kwargs)
+    assert "sk-test" not in str(err.value)
 
 
 def test_make_client_needs_key(monkeypatch):
@@ -473,15 +490,17 @@ def test_eval_video_qa_end_to_end(fake, shared_dir, tmp_path, capfd):
     gt_path.write_text(json.dumps([{"answer": answers[q["question_id"]], "type": 3, "question_id": q["question_id"]}
                                    for q in questions]))
     lines = []
+    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 26}, "environment": {}, "chunk": {},
+                "info": {}}
+    manifest["fingerprint"] = fingerprint(manifest)
     for i, q in enumerate(questions):
         gt = answers[q["question_id"]]
         # Half the predictions are right; every line carries a misaligned answer that the GT join must replace.
         lines.append({"id": q["question_id"], "question": q["question"], "answer": "WRONG",
-                      "pred": gt if i % 2 == 0 else "zebra"})
+                      "pred": gt if i % 2 == 0 else "zebra", "metadata": {"manifest": manifest["fingerprint"]}})
     random.Random(1).shuffle(lines)
     pred_path = tmp_path / "merge.jsonl"
     pred_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    manifest = {"format": "fastervlm-run/1", "settings": {"visual_token_num": 26}, "environment": {}}
     (tmp_path / "merge.jsonl.manifest.json").write_text(json.dumps(manifest))
     fake.respond = _exact_match_judge
     argv = ["--pred-path", str(pred_path), "--output-dir", str(tmp_path / "gpt"), "--output-json",

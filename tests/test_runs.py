@@ -55,8 +55,10 @@ def test_manifest_records_how_the_answers_were_made(finished, tiny_ckpt):
     assert settings["model"]["checkpoint"] == tiny_ckpt.name and len(settings["model"]["fingerprint"]) == 16
     assert settings["model"]["dtype"] == "float32" and settings["model"]["attn_implementation"] == "sdpa"
     assert settings["decoding"] == {"conv_mode": "vicuna_v1", "temperature": 0.0, "top_p": None, "num_beams": 1,
-                                    "max_new_tokens": 3, "seed": 0, "batch_size": 1}
-    assert settings["task"]["module"] == "llava.eval.model_vqa_loader"
+                                    "max_new_tokens": 3, "seed": 0}
+    assert settings["task"]["name"] == "vqa" and settings["task"]["record_kept"] is False
+    assert settings["task"]["media"]["files"] == 4 and settings["task"]["media"]["missing"] == 0
+    assert manifest["info"]["batch_sizes"] == [1] and manifest["info"]["limit"] is None
     assert set(manifest["environment"]) >= {"fastervlm", "code_sha256", "torch", "transformers", "device"}
     assert manifest["chunk"] == {"num_chunks": 1, "chunk_idx": 0, "questions": 4}
     assert {line["metadata"]["manifest"] for line in read(finished)} == {manifest["fingerprint"]}
@@ -68,7 +70,7 @@ def test_manifest_records_how_the_answers_were_made(finished, tiny_ckpt):
     (["--visual-token-num", "58", "--temperature", "0.5"], "settings.decoding.temperature: 0.0 -> 0.5"),
     (["--visual-token-num", "58", "--anyres-protocol", "vanilla"], "settings.model.anyres_protocol"),
     (["--visual-token-num", "58", "--seed", "3"], "settings.decoding.seed: 0 -> 3"),
-    (["--visual-token-num", "58", "--batch-size", "2"], "settings.decoding.batch_size"),
+    (["--visual-token-num", "58", "--record-kept"], "settings.task.record_kept: false -> true"),
     (["--visual-token-num", "58", "--num-chunks", "2"], "chunk.num_chunks: 1 -> 2"),
     pytest.param(["--visual-token-num", "58", "--pruning-method", "fastv", "--fastv-k", "1"], "settings.pruning.params.layer",
                  marks=requires_in_llm),

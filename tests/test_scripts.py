@@ -217,3 +217,142 @@ def test_rerun_with_other_extra_args_never_reuses_answers(tiny_ckpt, tmp_path):
                                     "EXTRA_ARGS": environ["EXTRA_ARGS"] + " --temperature 0.7"}, TOKENS)
     assert tagged.returncode == 0, tagged.stderr[-3000:]
     assert (eval_dir / "textvqa/scores/llava-v1.5-tiny/fastervlm/n_58-t07.json").is_file()
+
+
+# ------------------------------------------------------------------ devices, signals, arguments (stand-in processes)
+
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# Stand-in interpreter: records each process's CUDA_VISIBLE_DEVICES and arguments; inference shards can be made slow.
+{ printf 'CVD=%s' "${CUDA_VISIBLE_DEVICES-unset}"; printf ' %q' "$@"; echo; } >> "$FAKE_LOG"
+if [[ -n ${FAKE_SLEEP:-} && $2 != llava.eval.merge_chunks && $2 != llava.eval.eval_* ]]; then
+    trap 'echo "TERM $$" >> "$FAKE_LOG"; kill "$child" 2> /dev/null; exit 143' TERM
+    sleep "$FAKE_SLEEP" & child=$!
+    echo "started $$" >> "$FAKE_LOG"
+    wait "$child"
+    echo "finished $$" >> "$FAKE_LOG"
+fi
+"""
+
+FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+[[ $1 == -L ]] || exit 9
+for (( i = 0; i < ${FAKE_GPUS:-0}; i++ )); do
+    echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-0000000$i)"
+    echo "  MIG 1g.10gb     Device  0: (UUID: MIG-0000000$i)"
+done
+"""
+
+
+@pytest.fixture
+def stand_ins(tmp_path):
+    """A stand-in $PYTHON and `nvidia-smi` on PATH; returns (environment, log path, eval dir with odd characters)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("python", FAKE_PYTHON), ("nvidia-smi", FAKE_NVIDIA_SMI)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    eval_dir = tmp_path / "eval dir 'quoted' \"x\""
+    log = tmp_path / "calls.log"
+    environ = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    environ.update(PATH=f"{bin_dir}:/usr/bin:/bin", PYTHON=str(bin_dir / "python"), FAKE_LOG=str(log),
+                   EVAL_DIR=str(eval_dir), CKPT_DIR=str(tmp_path / "ckpts"))
+    return environ, log, eval_dir
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def shards(log: Path) -> list[str]:
+    return [c for c in calls(log) if "model_vqa_loader" in c]
+
+
+def test_unset_cuda_visible_devices_uses_every_listed_gpu(stand_ins):
+    environ, log, eval_dir = stand_ins
+    result = run_script("textvqa", {**environ, "FAKE_GPUS": "2"}, "058")
+    assert result.returncode == 0, result.stderr
+    started = shards(log)
+    assert sorted(c.split()[0] for c in started) == ["CVD=0", "CVD=1"]
+    assert all("--num-chunks 2" in c for c in started) and "running on the CPU" not in result.stderr
+    # The budget is canonical: 058 is 58, in the flag and in the folder summarize reads.
+    assert all("--visual-token-num 58" in c for c in started)
+    merge = next(c for c in calls(log) if "merge_chunks" in c)
+    assert "/n_58/2_0.jsonl" in merge and "/n_58/2_1.jsonl" in merge
+
+
+@pytest.mark.parametrize("gpus, visible, reason", [
+    ("0", None, "nvidia-smi -L lists no GPU"),
+    (None, None, "nvidia-smi is not on PATH"),
+    ("2", "", "CUDA_VISIBLE_DEVICES is set but empty"),
+])
+def test_no_gpu_says_once_that_the_run_is_on_the_cpu(stand_ins, tmp_path, gpus, visible, reason):
+    environ, log, _ = stand_ins
+    if gpus is None:
+        (tmp_path / "bin" / "nvidia-smi").unlink()
+    else:
+        environ["FAKE_GPUS"] = gpus
+    if visible is not None:
+        environ["CUDA_VISIBLE_DEVICES"] = visible
+    result = run_script("textvqa", environ, "58")
+    assert result.returncode == 0, result.stderr
+    assert [c.split()[0] for c in shards(log)] == ["CVD="]
+    cpu_lines = [l for l in result.stderr.splitlines() if "running on the CPU" in l]
+    assert len(cpu_lines) == 1 and reason in cpu_lines[0]
+
+
+def test_more_shards_per_node_than_gpus_is_an_error(stand_ins):
+    environ, log, _ = stand_ins
+    result = run_script("textvqa", {**environ, "FAKE_GPUS": "2", "GPUS_PER_NODE": "3"}, "58")
+    assert result.returncode == 2 and "GPUS_PER_NODE=3" in result.stderr and "2 GPU(s)" in result.stderr
+    assert shards(log) == []
+    explicit = run_script("textvqa", {**environ, "CUDA_VISIBLE_DEVICES": "4,6"}, "58")
+    assert explicit.returncode == 0 and sorted(c.split()[0] for c in shards(log)) == ["CVD=4", "CVD=6"]
+
+
+@pytest.mark.parametrize("extra", ["--visual-token-num 576", "--device cpu --pruning-method=random",
+                                   "--answers-file x.jsonl", "--num-chunks 3"])
+def test_extra_args_that_contradict_the_script_are_refused(stand_ins, extra):
+    environ, log, _ = stand_ins
+    result = run_script("textvqa", {**environ, "EXTRA_ARGS": extra}, "58")
+    assert result.returncode == 2 and result.stderr.startswith("error: EXTRA_ARGS sets --")
+    assert calls(log) == []
+
+
+@pytest.mark.parametrize("tokens", ["5x", "-1", "", "1e3"])
+def test_budgets_that_are_not_numbers_are_refused(stand_ins, tokens):
+    environ, log, _ = stand_ins
+    result = run_script("textvqa", environ, tokens)
+    assert result.returncode == 2 and "usage: bash" in result.stderr and calls(log) == []
+
+
+def test_extra_args_pass_through_word_by_word_and_odd_paths_survive(stand_ins):
+    environ, log, eval_dir = stand_ins
+    environ = {**environ, "EXTRA_ARGS": " --import  my_method --batch-size 2 *", "RUN_TAG": "a b'c",
+               "CUDA_VISIBLE_DEVICES": ""}
+    result = run_script("textvqa", environ, "58", "my-method")
+    assert result.returncode == 0, result.stderr
+    shard, = shards(log)
+    assert shard.endswith(r"--import my_method --batch-size 2 \*")  # split on blanks, never globbed
+    folder = str(eval_dir / "textvqa/answers/llava-v1.5-7b/my-method/n_58-a b'c")
+    merge = next(c for c in calls(log) if "merge_chunks" in c)
+    assert subprocess.run(["bash", "-c", f"printf '%s\\n' {merge.split(' ', 1)[1]}"], capture_output=True,
+                          text=True).stdout.splitlines()[-1] == f"{folder}/1_0.jsonl"
+
+
+def test_sigterm_and_sigint_reach_every_shard_and_the_script_waits(stand_ins):
+    import signal
+    import time
+
+    environ, log, _ = stand_ins
+    for sig, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        log.unlink(missing_ok=True)
+        proc = subprocess.Popen(["bash", str(ROOT / "scripts/v1_5/eval/textvqa.sh"), "58"], cwd=ROOT,
+                                env={**environ, "FAKE_GPUS": "2", "FAKE_SLEEP": "60"}, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while sum(c.startswith("started") for c in calls(log)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == status, err
+        assert sum(c.startswith("TERM") for c in calls(log)) == 2  # both shards were told
+        assert not any(c.startswith("finished") for c in calls(log)) and "merge_chunks" not in log.read_text()
+        assert "stopping 2 shard(s)" in err

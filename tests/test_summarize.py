@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 
+from llava.eval import provenance
 from llava.eval import summarize as summ
-from llava.eval.utils import BENCHMARKS, InputError, write_score
+from llava.eval.provenance import write_score
+from llava.eval.utils import BENCHMARKS, InputError
 
 IMAGE_TABLES = ("table7_llava15_7b.csv", "table8_llava15_13b.csv", "table9_llava_next_7b.csv")
 # Rows whose printed average does not follow from their printed scores (see the report).
@@ -173,3 +176,40 @@ def test_cells_of_other_runs_are_refused_or_marked(tmp_path, capsys):
     assert "| 62.00‡* |" in out and "| 80.00‡ |" in out and "| 55.00? |" in out and "| 86.00 |" in out
     assert "environment.transformers: null -> \"5.0\"" in out and "PARTIAL, 9 of 10 questions scored" in out
     assert "records no run manifest" in out
+
+
+def test_score_files_with_edited_or_broken_manifests_are_refused(tmp_path):
+    path = summ.score_path(tmp_path, "pope", "m", "fastervlm", 576)
+    write_score(path, "pope", 86.0, "f1", answers_file=fake_run(tmp_path / "runs"))
+    doc = json.loads(path.read_text())
+    cases = [("settings", "visual_token_num", 144, "no longer matches its fingerprint"),
+             (None, "settings", None, "not a fastervlm-run/1 run manifest"),
+             (None, "partial", "yes", "'partial' must be null")]
+    for part, key, value, message in cases:
+        edited = json.loads(json.dumps(doc))
+        if key == "partial":
+            edited["partial"] = value
+        elif part is None:
+            del edited["manifest"][key]
+        else:
+            edited["manifest"][part]["pruning"][key] = value
+        path.write_text(json.dumps(edited))
+        with pytest.raises(InputError, match=message):
+            summ.load_cells(tmp_path, "m", "fastervlm", [576])
+
+
+def test_rows_from_other_weights_are_refused_or_marked(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_score(summ.score_path(tmp_path, "pope", "m", "fastervlm", 576), "pope", 86.0, "f1",
+                answers_file=fake_run(runs))
+    other = fake_run(runs / "other", tokens=58)
+    manifest = json.loads((other.parent / (other.name + ".manifest.json")).read_text())
+    manifest["settings"]["model"]["fingerprint"] = "other-weights"
+    manifest["fingerprint"] = provenance.fingerprint(manifest)
+    provenance.write_manifest(other, manifest)
+    write_score(summ.score_path(tmp_path, "pope", "m", "fastervlm", 58), "pope", 80.0, "f1", answers_file=other)
+    argv = ["--eval-dir", str(tmp_path), "--ckpt", "m", "--tokens", "576", "58"]
+    with pytest.raises(InputError, match=r"made under other settings[\s\S]*settings.model.fingerprint"):
+        summ.main(argv)
+    summ.main(argv + ["--allow-mixed"])
+    assert "| 80.00‡ |" in capsys.readouterr().out

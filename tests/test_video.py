@@ -533,6 +533,17 @@ def test_cli_paper_protocol_repeats_whatever_the_chunking(ckpts, qa):
     assert run_cli(ckpts[True], qa, "limit.jsonl", "--seed", "7", "--limit", "1") == single[:1]
 
 
+def test_cli_record_kept_lists_each_frames_patches(ckpts, qa):
+    from llava.model.video_llava import patches_per_frame, video_tower_config
+
+    lines = run_cli(ckpts[True], qa, "kept.jsonl", "--protocol", "greedy", "--record-kept")
+    frames, patches = video_tower_config(ckpts[True]).num_frames, patches_per_frame(ckpts[True])
+    for line in lines:
+        assert len(line["kept"]) == frames
+        assert all(len(f) == 13 and f == sorted(set(f)) and 0 <= f[0] and f[-1] < patches for f in line["kept"])
+    assert lines[0]["kept"] != lines[1]["kept"]
+
+
 def test_cli_stops_when_no_video_is_found(ckpts, qa):
     with pytest.raises(InputError, match="missing or unreadable"):
         run_cli(ckpts[True], qa, "x.jsonl", "--video-prefix", "v_")

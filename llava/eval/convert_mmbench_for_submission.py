@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-from llava.eval.provenance import manifest_path, read_manifest, write_manifest
+from llava.eval.provenance import check_answers, manifest_path, read_manifest, write_manifest
 from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, check_coverage, cli, read_answer_texts
 
 DROP_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upload-file", required=True, help="output xlsx to submit to the OpenCompass server")
     add_allow_partial(parser)
     args = parser.parse_args(argv)
+    check_answers(args.result_file)
     df = build_upload(args.annotation_file, args.result_file, args.allow_partial)
     write_upload(df, args.upload_file)
     copy_manifest(args.result_file, args.upload_file)

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from llava.eval.provenance import check_answers
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
                               read_answer_texts, require_keys)
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--question-file", help="llava-mm-vet.jsonl: the questions that must all be answered")
     add_allow_partial(parser)
     args = parser.parse_args(argv)
+    check_answers(args.src)
     results = convert(args.src)
     if args.question_file:
         expected = question_keys(args.question_file)

@@ -9,6 +9,7 @@ writes a partial upload (unanswered questions get "") and says so. The file is b
 from __future__ import annotations
 
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
+from llava.eval.provenance import check_answers
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
                               require_keys, write_json)
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result-upload-file", required=True, help="output upload JSON for EvalAI")
     add_allow_partial(parser)
     args = parser.parse_args(argv)
+    check_answers(args.result_file)
     upload, partial = convert(args.annotation_file, args.result_file, args.allow_partial)
     print(f"questions: {len(upload)}, written to {args.result_upload_file}")
     if partial:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llava.eval.m4c_evaluator import EvalAIAnswerProcessor
+from llava.eval.provenance import check_answers
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
                               require_keys, write_json)
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     add_allow_partial(parser)
     args = parser.parse_args(argv)
     question_file = args.question_file or str(Path(args.test_file).with_name(TEST_DEV))
+    check_answers(args.src)
     upload, answered, partial = convert(args.test_file, args.src, question_file, args.allow_partial)
     print(f"test questions: {len(upload)}, answered: {answered}, empty: {len(upload) - answered}")
     if partial:

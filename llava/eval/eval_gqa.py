@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from llava.eval.provenance import write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
-                              read_json, require_keys, write_json, write_score)
+                              read_json, require_keys, write_json)
 
 # Operations that eval.py does not count as reasoning steps (substrings of "operation: argument").
 NON_STEPS = ("exist", "query: name", "choose name")

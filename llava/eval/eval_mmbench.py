@@ -14,6 +14,7 @@ questions whose rows are all answered and marks the score partial.
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,8 @@ from openpyxl.utils.exceptions import InvalidFileException
 
 from llava.eval.convert_mmbench_for_submission import (TEXT_COLUMNS, check_index, load_predictions,
                                                        match_predictions, read_tsv)
-from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli, write_score
+from llava.eval.provenance import write_score
+from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli
 
 OPTION_LETTERS = "ABCD"
 # The 2023 option rule looks for A-E whatever the item's options are; "E" was the "none of them" letter.
@@ -92,12 +94,23 @@ def load_table(upload_file: str | None, annotation_file: str | None, result_file
     return df, annotation_file, partial
 
 
-def evaluate(df: pd.DataFrame, where: str) -> dict:
-    """Circular and single-pass accuracy (percent) plus per-category circular accuracy."""
+def incomplete_groups(copies: dict[int, set[int]], options: dict[int, int]) -> list[int]:
+    """Questions whose circular group lacks copies: its copies must be k = 0..m-1 with m >= options - 1 (the
+    official dev TSVs hold one copy per option, except 53 four-option questions with three: scorers.md §10). A
+    group cut short to m >= options - 1 copies cannot be told from those and passes."""
+    return sorted(q for q, ks in copies.items() if ks != set(range(len(ks))) or len(ks) < options[q] - 1)
+
+
+def evaluate(df: pd.DataFrame, where: str, allow_partial: bool = False) -> dict:
+    """Circular and single-pass accuracy (percent) plus per-category circular accuracy.
+
+    A question whose circular group lacks copies (:func:`incomplete_groups`) cannot be scored circularly: an
+    error, or with ``allow_partial`` left out of every number and counted in ``incomplete_groups``."""
     for col in ("prediction", "answer"):
         if col not in df.columns:
             raise InputError(f"{where}: no '{col}' column")
     groups: dict[int, list[bool]] = defaultdict(list)
+    copies: dict[int, set[int]] = defaultdict(set)
     main_rows: dict[int, pd.Series] = {}
     single: dict[int, bool] = {}
     unmatched = 0
@@ -111,6 +124,7 @@ def evaluate(df: pd.DataFrame, where: str) -> dict:
         letter = extract_letter(prediction, choices_of(row))
         unmatched += letter is None
         groups[index % CIRCULAR_STRIDE].append(letter == answer)
+        copies[index % CIRCULAR_STRIDE].add(index // CIRCULAR_STRIDE)
         if index < CIRCULAR_STRIDE:
             main_rows[index] = row
             single[index] = letter == answer
@@ -119,6 +133,16 @@ def evaluate(df: pd.DataFrame, where: str) -> dict:
         raise InputError(f"{where}: circular copies of index {orphans[0]} but no row with that index")
     if not groups:
         raise InputError(f"{where}: no rows")
+    incomplete = incomplete_groups(copies, {q: len(choices_of(row)) for q, row in main_rows.items()})
+    if incomplete and not allow_partial:
+        q = incomplete[0]
+        raise InputError(f"{where}: {len(incomplete)} question(s) lack circular copies, e.g. index {q} has copies "
+                         f"k = {sorted(copies[q])} of {len(choices_of(main_rows[q]))} options; circular accuracy "
+                         "needs every copy (pass --allow-partial to score the complete groups, marked partial)")
+    for q in incomplete:
+        del groups[q], main_rows[q], single[q]
+    if not groups:
+        raise InputError(f"{where}: no question has all its circular copies")
 
     hits = {q: all(copies) for q, copies in groups.items()}
     n = len(groups)
@@ -134,6 +158,7 @@ def evaluate(df: pd.DataFrame, where: str) -> dict:
         "circular": 100.0 * sum(hits.values()) / n, "circular_hits": sum(hits.values()),
         "single_pass": 100.0 * sum(single.values()) / n, "single_pass_hits": sum(single.values()),
         "questions": n, "rows": len(df), "unmatched_rows": unmatched, "per_category": per_category,
+        "incomplete_groups": len(incomplete),
     }
 
 
@@ -149,10 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if bool(args.upload_file) == bool(args.annotation_file) or bool(args.annotation_file) != bool(args.result_file):
         parser.error("give either --upload-file, or --annotation-file with --result-file")
-    if args.upload_file and args.allow_partial:
-        parser.error("--allow-partial applies to --annotation-file with --result-file (an upload has every row)")
     df, where, partial = load_table(args.upload_file, args.annotation_file, args.result_file, args.allow_partial)
-    res = evaluate(df, where)
+    res = evaluate(df, where, args.allow_partial)
+    if res["incomplete_groups"]:
+        print(f"WARNING: PARTIAL score: {res['incomplete_groups']} question(s) lack circular copies and are not "
+              "scored", file=sys.stderr)
+        partial = {**(partial or {}), "incomplete_groups": res["incomplete_groups"],
+                   "answered": (partial or {}).get("answered", res["rows"]),
+                   "expected": (partial or {}).get("expected", len(df))}
     n = res["questions"]
     print(f"Questions: {n} ({res['rows']} rows, {res['unmatched_rows']} with no extractable letter)")
     print(f"Circular accuracy: {res['circular']:.2f}% ({res['circular_hits']}/{n})")

@@ -18,8 +18,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from llava.eval.provenance import write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
-                              require_keys, write_score)
+                              require_keys)
 
 PERCEPTION = ("existence", "count", "position", "color", "posters",
               "celebrity", "scene", "landmark", "artwork", "OCR")

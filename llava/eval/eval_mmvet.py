@@ -23,8 +23,8 @@ from typing import Any, Collection, Mapping, Sequence
 
 from llava.eval.judge import (FAILURES_FILE, Judge, Tally, add_judge_args, judge_from_args, judge_many, positive_int,
                               prompt_sha256)
-from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, read_json, require_keys, write_json,
-                              write_score)
+from llava.eval.provenance import check_answers, write_score
+from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, read_json, require_keys, write_json)
 
 # Exact few-shot prompt of yuweihao/MM-Vet mm-vet_evaluator.py (it ends with a newline).
 FEW_SHOT_PROMPT = """Compare the ground truth and prediction from AI models, to give a correctness score for the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground truth are present in the prediction, and <OR> means it is totally right when any one element in the ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.
@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Grade every run (cached), then write the grade json and csv files; exits 1 if the score would be partial."""
     args = build_parser().parse_args(argv)
     data = load_mmvet(args.mmvet_data)
+    check_answers(args.result_file)  # before the first paid request
     results = load_results(args.result_file, data)
     model = args.model_name or Path(args.result_file).stem
     gpt = args.judge_model.replace("/", "_")

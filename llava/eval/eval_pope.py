@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava.eval.provenance import write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
-                              require_keys, write_score)
+                              require_keys)
 
 SPLITS = ("adversarial", "popular", "random")
 NEGATIVE_WORDS = frozenset({"No", "not", "no"})

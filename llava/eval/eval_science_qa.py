@@ -17,8 +17,9 @@ import re
 import sys
 from pathlib import Path
 
+from llava.eval.provenance import write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
-                              read_json, require_keys, write_json, write_score)
+                              read_json, require_keys, write_json)
 
 FAILED = "FAILED"
 # Upstream's pattern: one capital letter after "The answer is", then any character.

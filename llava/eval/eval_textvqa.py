@@ -11,8 +11,9 @@ answered ones and marks the score partial.
 from __future__ import annotations
 
 from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
+from llava.eval.provenance import write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, check_coverage, cli, iter_jsonl,
-                              read_json, require_keys, write_score)
+                              read_json, require_keys)
 
 OCR_PREFIX = "Reference OCR token: "
 

@@ -28,6 +28,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,21 @@ def make_client(base_url: str | None = None, api_key: str | None = None,
                 timeout: float = 60.0) -> openai.OpenAI:
     """An ``openai.OpenAI`` client with its own retries disabled (ours are the only policy)."""
     key = api_key or os.environ.get(API_KEY_ENV)
+    key_source = "--api-key" if api_key else f"${API_KEY_ENV}"
     if not key:
         raise InputError(f"no API key: pass --api-key or set {API_KEY_ENV}")
-    return openai.OpenAI(api_key=key, base_url=base_url or os.environ.get(BASE_URL_ENV) or None,
-                         timeout=timeout, max_retries=0)
+    if key != key.strip() or any(c.isspace() for c in key):
+        # The key itself is never printed: only where the whitespace sits.
+        where = "ends with" if key[-1].isspace() else "starts with" if key[0].isspace() else "contains"
+        raise InputError(f"the API key from {key_source} {where} whitespace (e.g. a '\\r' from a file saved on "
+                         "Windows); remove it")
+    url = base_url or os.environ.get(BASE_URL_ENV) or None
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            source = "--base-url" if base_url else f"${BASE_URL_ENV}"
+            raise InputError(f"{source} {url!r}: expected an http(s) URL with a host, e.g. https://api.openai.com/v1")
+    return openai.OpenAI(api_key=key, base_url=url, timeout=timeout, max_retries=0)
 
 
 @dataclass(frozen=True)

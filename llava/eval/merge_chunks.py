@@ -1,29 +1,31 @@
 """Concatenate per-GPU (or per-node) answer chunks, in chunk order, into one file (``merge.jsonl``).
 
-Refuses to mix: every chunk must carry a run manifest, all manifests must agree on every setting (only the chunk
-index may differ), and every line must carry its chunk's manifest fingerprint. Then the merged answers are
-checked against the question set, rebuilt from the manifest (the CLI's own ``load_samples``): a missing, extra
-or repeated question is an error naming the first few, unless ``--allow-partial``, which merges what is there
-and marks the merged manifest (and every score made from it) partial.
+Refuses to mix: every chunk must carry an unedited run manifest, all manifests must agree on every setting
+(weights and image/video set included; only the chunk index may differ), every line must carry its chunk's
+manifest fingerprint, and no chunk may still be being written (its lock is held). Then the merged answers are
+checked against the question set, rebuilt from the manifest through the task registry (``llava.eval.tasks``,
+by the task name the manifest records): a missing, extra or repeated question is an error naming the first few,
+unless ``--allow-partial``, which merges what is there and marks the merged manifest (and every score made from
+it) partial.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import os
 from pathlib import Path
 
 from llava.eval import provenance
-from llava.eval.runner import get_chunk, key_of, line_key
+from llava.eval.answers_file import exclusive, line_key
+from llava.eval.tasks import get_chunk, get_task, key_of
 from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli, iter_jsonl, write_jsonl
-
-ANSWER_FORMAT_NAME = "ANSWERS"  # each CLI module's AnswerFormat
 
 
 def _chunk_manifests(chunks: list[str]) -> list[dict]:
     manifests = []
     for idx, path in enumerate(chunks):
+        if Path(path).parent.is_dir():
+            with exclusive(Path(path)):  # a chunk still being written is not merged (the error names its writer)
+                pass
         manifest = provenance.read_manifest(path)
         if manifest is None:
             raise InputError(f"{path}: no run manifest ({provenance.manifest_path(path).name}); it was not written by "
@@ -43,9 +45,12 @@ def _chunk_manifests(chunks: list[str]) -> list[dict]:
 
 
 def expected_chunks(manifest: dict, question_file: str | None = None) -> tuple[list[list[tuple]], tuple[str, ...]]:
-    """The keys each chunk must answer, from the CLI module and arguments the manifest records, and its key fields."""
+    """The keys each chunk must answer, from the task and arguments the manifest records, and its key fields."""
     task = manifest["settings"]["task"]
-    module = importlib.import_module(task["module"])
+    if "name" not in task:
+        raise InputError(f"{manifest['info']['paths'].get('answers_file')}: its manifest names no task "
+                         "(made by an older version); rerun the inference")
+    registered = get_task(task["name"])
     args = argparse.Namespace(**task["options"], **manifest["info"]["paths"], **manifest["settings"]["decoding"],
                               **{k: v for k, v in manifest["settings"]["pruning"].items() if k != "params"})
     if question_file is not None:
@@ -56,10 +61,10 @@ def expected_chunks(manifest: dict, question_file: str | None = None) -> tuple[l
             raise InputError(f"{name} {path}: not found here; pass --question-file with its current path")
         if digest is not None and provenance.file_sha256(path) != digest:
             raise InputError(f"{path}: differs from the {name} the answers were made from (sha256 changed)")
-    samples = module.load_samples(args)
+    samples = registered.load_samples(args)
     num_chunks = manifest["chunk"]["num_chunks"]
     keys = [[key_of(s) for s in get_chunk(samples, num_chunks, idx)] for idx in range(num_chunks)]
-    return keys, getattr(module, ANSWER_FORMAT_NAME).key_fields
+    return keys, registered.answers.key_fields
 
 
 def merge(chunks: list[str], out: str, allow_partial: bool = False, question_file: str | None = None) -> int:
@@ -100,8 +105,11 @@ def merge(chunks: list[str], out: str, allow_partial: bool = False, question_fil
     merged = dict(manifests[0])
     merged["chunk"] = {"num_chunks": 1, "chunk_idx": 0, "questions": total, "merged_from": [str(c) for c in chunks],
                        "partial": partial}
-    write_jsonl(out, rows)
-    provenance.write_manifest(out, merged)
+    merged["info"] = {**merged["info"], "batch_sizes": sorted({b for m in manifests for b in m["info"].get("batch_sizes", [])})}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(Path(out)):
+        write_jsonl(out, rows)
+        provenance.write_manifest(out, merged)
     return len(rows)
 
 

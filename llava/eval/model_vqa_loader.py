@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval.runner import AnswerFormat, Sample, add_common_args, parse_args, run
+from llava.eval.runner import add_common_args, parse_args, run
+from llava.eval.tasks import AnswerFormat, Sample, Task, register
 from llava.eval.utils import ArgumentParser, InputError, cli, iter_jsonl, require_keys
 from llava.mm_utils import load_image
 
 # TextVQA and MME reuse a question_id for every question about the same image; the prompt tells them apart.
 VQA_KEY = ("question_id", "prompt")
-ANSWERS = AnswerFormat(VQA_KEY)
 
 
 def vqa_samples(question_file: str, image_folder: str) -> list[Sample]:
@@ -32,7 +32,8 @@ def vqa_samples(question_file: str, image_folder: str) -> list[Sample]:
                 raise InputError(f"{where}: {name!r} must be a string, got {q[name]!r}")
         path = os.path.join(image_folder, q["image"])
         samples.append(Sample(key=(qid, q["text"]), question=q["text"], media=lambda p=path: load_image(p),
-                              record={"question_id": qid, "prompt": q["text"]}, media_name=path, where=where))
+                              record={"question_id": qid, "prompt": q["text"]}, media_name=path, where=where,
+                              media_file=path))
     return samples
 
 
@@ -40,17 +41,24 @@ def load_samples(args) -> list[Sample]:
     return vqa_samples(args.question_file, args.image_folder)
 
 
-def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=description)
+def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-folder", type=str, required=True, help="folder the question file's image paths are relative to")
     parser.add_argument("--question-file", type=str, required=True, help="JSON-lines questions (question_id, image, text)")
+
+
+TASK = register(Task("vqa", add_args, load_samples, AnswerFormat(VQA_KEY)))
+
+
+def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=description)
+    TASK.add_args(parser)
     add_common_args(parser, max_new_tokens=max_new_tokens)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(__doc__, max_new_tokens=128), argv)
-    run(args, load_samples, ANSWERS)
+    run(args, TASK)
 
 
 if __name__ == "__main__":

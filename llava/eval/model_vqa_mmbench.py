@@ -15,12 +15,12 @@ import os
 from PIL import Image
 
 from llava.eval.model_vqa_science import SINGLE_PRED_EN
-from llava.eval.runner import AnswerFormat, Sample, add_common_args, parse_args, run
+from llava.eval.runner import add_common_args, parse_args, run
+from llava.eval.tasks import AnswerFormat, Sample, Task, register
 from llava.eval.utils import ArgumentParser, InputError, cli
 
 SINGLE_PRED_CN = "请直接回答选项字母。"
 ALL_OPTIONS = ("A", "B", "C", "D")
-ANSWERS = AnswerFormat(("question_id", "round_id"))
 
 
 def is_none(value) -> bool:
@@ -92,20 +92,27 @@ def mmbench_samples(question_file: str, all_rounds: bool, single_pred_prompt: bo
     return samples
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(description=__doc__)
+def add_args(parser) -> None:
     parser.add_argument("--question-file", type=str, required=True, help="MMBench TSV (e.g. mmbench_dev_20230712.tsv)")
     parser.add_argument("--image-folder", type=str, default=None, help="unused (images are inside the TSV); kept for upstream compatibility")
     parser.add_argument("--all-rounds", action="store_true", help="ask every rotation of the options")
     parser.add_argument("--single-pred-prompt", action="store_true", help="append the answer-with-a-letter instruction")
     parser.add_argument("--lang", choices=["en", "cn"], default="en", help="language of the instruction (en or cn)")
-    add_common_args(parser, max_new_tokens=1024)
-    args = parse_args(parser, argv)
-    run(args, load_samples, ANSWERS)
 
 
 def load_samples(args) -> list[Sample]:
     return mmbench_samples(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang)
+
+
+TASK = register(Task("mmbench", add_args, load_samples, AnswerFormat(("question_id", "round_id"))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__)
+    TASK.add_args(parser)
+    add_common_args(parser, max_new_tokens=1024)
+    args = parse_args(parser, argv)
+    run(args, TASK)
 
 
 if __name__ == "__main__":

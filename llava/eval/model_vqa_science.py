@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 
-from llava.eval.runner import AnswerFormat, Sample, add_common_args, parse_args, run
+from llava.eval.runner import add_common_args, parse_args, run
+from llava.eval.tasks import AnswerFormat, Sample, Task, register
 from llava.eval.utils import ArgumentParser, InputError, cli, read_json, require_keys
 from llava.mm_utils import load_image
-
-ANSWERS = AnswerFormat(("question_id",))
 
 SINGLE_PRED_EN = "Answer with the option's letter from the given choices directly."
 
@@ -42,7 +41,7 @@ def science_samples(question_file: str, image_folder: str, single_pred_prompt: b
             path = os.path.join(image_folder, item["image"])
             image = lambda p=path: load_image(p)
             prompt = "<image>\n" + question
-        samples.append(Sample(key=(item["id"],), question=question, media=image, media_name=path, where=where,
+        samples.append(Sample(key=(item["id"],), question=question, media=image, media_name=path, where=where, media_file=path,
                               record={"question_id": item["id"], "prompt": prompt}))
     return samples
 
@@ -51,15 +50,22 @@ def load_samples(args) -> list[Sample]:
     return science_samples(args.question_file, args.image_folder, args.single_pred_prompt)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(description=__doc__)
+def add_args(parser) -> None:
     parser.add_argument("--image-folder", type=str, required=True, help="ScienceQA test images folder")
     parser.add_argument("--question-file", type=str, required=True, help="llava_test_CQM-A.json")
     parser.add_argument("--single-pred-prompt", action="store_true", help="append the answer-with-a-letter instruction")
     parser.add_argument("--answer-prompter", action="store_true", help="accepted for upstream compatibility; has no effect")
+
+
+TASK = register(Task("science_qa", add_args, load_samples, AnswerFormat(("question_id",))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__)
+    TASK.add_args(parser)
     add_common_args(parser, max_new_tokens=1024, conv_mode="llava_v0")
     args = parse_args(parser, argv)
-    run(args, load_samples, ANSWERS)
+    run(args, TASK)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
 from llava.conversation import conv_templates
-from llava.eval.runner import generate_batch
+from llava.eval.runner import device_flag, finite_float, generate_batch
 from llava.eval.utils import ArgumentParser, InputError, cli
 from llava.mm_utils import get_model_name_from_path, load_image, tokenizer_image_token
 
@@ -90,14 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--query", type=str, required=True, help="the question; <image-placeholder> marks where the image goes")
     parser.add_argument("--conv-mode", type=str, default=None, help="prompt template (default: inferred from the model name)")
     parser.add_argument("--sep", type=str, default=",", help="separator between several image files")
-    parser.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
-    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--temperature", type=finite_float, default=0.2, help="sampling temperature; 0 = greedy (default 0.2)")
+    parser.add_argument("--top_p", type=finite_float, default=None, help="nucleus sampling threshold")
     parser.add_argument("--num_beams", type=int, default=1, help="beam search width")
     parser.add_argument("--max_new_tokens", type=int, default=512, help="generation limit (default 512)")
     parser.add_argument("--visual-token-num", type=int, default=None,
                         help="[FasterVLM] visual tokens kept per image; default: all (no pruning)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (matters only when sampling)")
-    parser.add_argument("--device", type=str, default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--device", type=device_flag, default=None, help="cpu, cuda, cuda:N, auto or mps (default: cuda if available)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     eval_model(args)

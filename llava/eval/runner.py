@@ -1,12 +1,13 @@
 """The one inference loop behind every benchmark CLI (``model_vqa*``, video QA): chunks, resume, manifests, batching.
 
-A CLI module defines ``load_samples(args) -> list[Sample]`` (its question file as :class:`Sample` objects) and an
-:class:`AnswerFormat`, and calls :func:`run`. The loop owns everything else: the run manifest
-(``llava.eval.provenance``: resuming or appending under other settings is refused), loading the model, the prompt
-template, greedy or sampled decoding, appending one answer line per question (flushed, so a killed run loses at
-most the lines in flight), skipping questions already answered when rerun, media that cannot be read, and the
-final question-order rewrite of the answers file. ``llava.eval.merge_chunks`` calls ``load_samples`` again, from
-the manifest, to check that the merged chunks answer exactly the question set.
+A CLI module registers a :class:`~llava.eval.tasks.Task` (its flags, its question file as :class:`Sample`
+objects, its :class:`AnswerFormat`) and calls :func:`run`. The loop owns everything else: the run manifest
+(``llava.eval.provenance``: resuming or appending under other settings is refused), the answers file
+(``llava.eval.answers_file``: one writer at a time, resume, final question-order rewrite), loading the model, the
+prompt template, greedy or sampled decoding, appending one answer line per question (flushed, so a killed run
+loses at most the lines in flight), and media that cannot be read. ``llava.eval.merge_chunks`` resolves the task
+by the name the manifest records and loads its samples again, to check that the merged chunks answer exactly the
+question set.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,53 +28,24 @@ from tqdm import tqdm
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
 from llava.conversation import conv_templates
+from llava.devices import check_device
+from llava.eval import answers_file as answers_io
 from llava.eval import provenance
+from llava.eval.tasks import AnswerFormat, Sample, Task, get_chunk, key_of
 from llava.eval.utils import InputError
-from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, get_model_name_from_path, process_images,
-                            tokenizer_image_token)
+from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, check_image_size, get_model_name_from_path,
+                            process_images, tokenizer_image_token)
 from llava.model.multimodal_encoder.clip_encoder import CLS_ATTN_ARITHMETICS
 from llava.pruning import (MethodChoices, check_installed, cli_parameters, get_method, import_modules,
                            method_parameters)
 
 
-@dataclass
-class Sample:
-    """One question. ``question`` is the user text without the image token; ``record`` is copied into the answer line.
-
-    ``media`` loads what the question is about, when it is answered: a PIL image, or a preprocessed
-    (3, T, H, W) video clip; None for a text-only question. ``where`` names the question's place in its file
-    (``file:line``) for error messages. ``seed``: a per-question seed for the sampling draws (Video-LLaVA's
-    paper protocol), else the run's ``--seed`` seeds them once. ``placeholders``: ``<image>`` tokens before the
-    question (one per video frame for Video-LLaVA).
-    """
-
-    key: tuple  # unique id of the answer line, e.g. (question_id,) or (question_id, round_id)
-    question: str
-    media: Callable[[], Image.Image | torch.Tensor] | None
-    record: dict = field(default_factory=dict)
-    media_name: str | None = None  # for error messages and the missing-media report
-    where: str = ""
-    seed: int | None = None
-    placeholders: int = 1
-
-
-@dataclass(frozen=True)
-class AnswerFormat:
-    """An answer file's lines: the fields that identify a question, and where the generated text goes.
-
-    LLaVA's lines are ``record + {"text", "answer_id", "model_id", "metadata"}``; Video-ChatGPT's are
-    ``record + {"pred", "metadata"}``. ``metadata.manifest`` is the run manifest's fingerprint.
-    """
-
-    key_fields: tuple[str, ...] = ("question_id",)
-    text_field: str = "text"
-    llava_ids: bool = True  # answer_id and model_id, as LLaVA's answer lines have
-
-
-# Flags that say where things are or which part of the work a process does: recorded, never compared.
+# Flags that say where things are, which part of the work a process does or how it is paced: recorded in the
+# manifest's ``info`` (or ``chunk``), never part of the fingerprint. --limit and --batch-size are here so that a
+# trial run can be continued and a failing batch got past without discarding finished answers.
 _BOOKKEEPING = frozenset({"model_path", "answers_file", "question_file", "image_folder", "video_dir", "gt_file_question",
                           "gt_file_answers", "num_chunks", "chunk_idx", "limit", "skip_missing_images", "overwrite",
-                          "debug", "device"})
+                          "debug", "device", "batch_size"})
 # Input files whose content (not path) decides the answers.
 _HASHED_FILES = ("question_file", "gt_file_question", "gt_file_answers")
 
@@ -91,9 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temper
                         help="discard an existing answers file (and its manifest) and start afresh")
     parser.add_argument("--conv-mode", type=str, default=conv_mode, help=f"prompt template (default {conv_mode}; the paper uses vicuna_v1)")
     add_chunk_args(parser)
-    parser.add_argument("--temperature", type=float, default=temperature,
+    parser.add_argument("--temperature", type=finite_float, default=temperature,
                         help=f"sampling temperature; 0 = greedy, the paper's protocol (default {temperature}, as upstream)")
-    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold (only when sampling)")
+    parser.add_argument("--top_p", type=finite_float, default=None, help="nucleus sampling threshold (only when sampling)")
     parser.add_argument("--num_beams", type=int, default=1, help="beam search width (default 1)")
     parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help=f"generation limit (default {max_new_tokens})")
     add_pruning_args(parser)
@@ -107,6 +78,34 @@ def add_common_args(parser: argparse.ArgumentParser, max_new_tokens: int, temper
     parser.add_argument("--skip-missing-images", action="store_true",
                         help="record unreadable or missing images in <answers-file>.missing.jsonl and go on, instead of "
                              "stopping; their questions get no answer (merging then needs --allow-partial)")
+    add_record_kept_arg(parser)
+
+
+def add_record_kept_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--record-kept", action="store_true",
+                        help="add \"kept\" to every answer line: per image crop or video frame, the sorted indices "
+                             "(0..N-1, raster order in the tower's patch grid) of the patches the pruning kept (merging "
+                             "methods: the patches their kept tokens are centred on); a result-defining setting, since "
+                             "it changes the lines")
+
+
+def finite_float(text: str) -> float:
+    """A float flag that must be a finite number: NaN or infinity could never be matched by a rerun."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def device_flag(text: str) -> str:
+    """``--device``, checked before anything loads (``llava.devices.check_device``)."""
+    try:
+        return check_device(text, flag="")
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error).strip()) from None
 
 
 def add_chunk_args(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +147,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", type=str, default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--device", type=device_flag, default=None,
+                        help="cpu, cuda, cuda:N (the whole model on that GPU), auto (a model too big for one GPU, "
+                             "spread by accelerate over every visible GPU) or mps (default: cuda if available)")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default=None,
                         help="LLM dtype (default float16 on CUDA, the paper's protocol; float32 on CPU)")
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager", "flash_attention_2"], default="sdpa",
@@ -159,69 +160,19 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
                              "dtype; reproduces the paper's fp16-tower numbers: LLaVA-1.6, Video-LLaVA)")
 
 
-def get_chunk(items: Sequence, num_chunks: int, chunk_idx: int) -> list:
-    """LLaVA's chunking: contiguous slices of ceil(n / num_chunks) items (trailing chunks may be empty)."""
-    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
-        raise InputError(f"--chunk-idx {chunk_idx} must lie in [0, --num-chunks {num_chunks})")
-    size = math.ceil(len(items) / num_chunks)
-    return list(items[chunk_idx * size:(chunk_idx + 1) * size])
-
-
-def key_of(sample: Sample) -> tuple:
-    """A sample's key as answer lines spell it (JSON of each field), so ids of any type compare exactly."""
-    return tuple(json.dumps(k) for k in sample.key)
-
-
-def line_key(obj: dict, key_fields: Sequence[str]) -> tuple:
-    return tuple(json.dumps(obj.get(k)) for k in key_fields)
-
-
-def check_unique(samples: Sequence[Sample]) -> None:
-    """Two questions with one key could not be told apart in the answers: name both places."""
+def check_samples(samples: Sequence[Sample]) -> None:
+    """Two questions with one key could not be told apart in the answers: name both places. Text that is not
+    valid Unicode (a lone surrogate from a "\\ud800" escape) can be neither tokenized nor written: named."""
     seen: dict[tuple, Sample] = {}
     for s in samples:
         first = seen.setdefault(key_of(s), s)
         if first is not s:
             raise InputError(f"{s.where}: question {s.key[0]!r} repeats {first.where}; answers could not be told apart")
-
-
-def read_answers(path: Path, key_fields: Sequence[str], fingerprint: str | None) -> set[tuple]:
-    """Keys already answered in ``path``, checked line by line.
-
-    A torn last line (a killed run) is cut off; a complete last line without its newline gets one, so the next
-    answer is not glued onto it. A malformed line elsewhere, a repeated key or a line made under another manifest
-    (``metadata.manifest`` differs from ``fingerprint``) is an error naming the line.
-    """
-    if not path.is_file():
-        return set()
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    done: dict[tuple, int] = {}
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if lineno == len(lines):  # the line in flight when the run died: drop it and answer again
-                with open(path, "r+b") as f:
-                    f.truncate(len(raw) - len(line))
-                break
-            raise InputError(f"{path}:{lineno}: malformed answer line; fix or delete the file to resume") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object")
-        made_by = (obj.get("metadata") or {}).get("manifest") if isinstance(obj.get("metadata"), dict) else None
-        if fingerprint is not None and made_by != fingerprint:
-            raise InputError(f"{path}:{lineno}: made by another run (manifest {made_by!r}, this run's is {fingerprint!r});"
-                             " pass --overwrite to start afresh, or use another --answers-file")
-        key = line_key(obj, key_fields)
-        if key in done:
-            raise InputError(f"{path}:{lineno}: question {key[0]} is answered twice (first at line {done[key]})")
-        done[key] = lineno
-        if lineno == len(lines):  # complete, but its newline is missing
-            with open(path, "ab") as f:
-                f.write(b"\n")
-    return set(done)
+            json.dumps([s.question, s.record], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"{s.where}: question {s.key[0]!r}: holds a lone surrogate {e.object[e.start:e.end]!r} "
+                             "(an unpaired \\ud800-\\udfff escape), which is not text") from None
 
 
 def build_prompt(question: str, placeholders: int, conv_mode: str, mm_use_im_start_end: bool) -> str:
@@ -270,9 +221,11 @@ def _file_sha256(args, name: str) -> str | None:
     return provenance.file_sha256(path)
 
 
-def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settings: dict | None = None) -> dict:
+def build_manifest(args, task: Task, samples: Sequence[Sample], chunk: Sequence[Sample],
+                   extra_settings: dict | None = None) -> dict:
     """Everything that can change this run's answers (``settings``, ``environment``), how the work is split
-    (``chunk``) and where things are (``info``), from the arguments and files alone: no weight is loaded."""
+    (``chunk``: this chunk's questions, before ``--limit``) and the bookkeeping (``info``), from the arguments and
+    files alone: no weight is loaded."""
     from llava.model.builder import read_model_config, resolve_anyres_protocol
 
     model_path = os.path.expanduser(args.model_path)
@@ -282,7 +235,7 @@ def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settin
     method_flags = {p.flag.lstrip("-").replace("-", "_") for p in cli_parameters()}
     mapped = {"model_base", "dtype", "attn_implementation", "cls_attn_arithmetic", "anyres_protocol", "visual_token_num",
               "pruning_method",
-              "conv_mode", "temperature", "top_p", "num_beams", "max_new_tokens", "seed", "batch_size"}
+              "conv_mode", "temperature", "top_p", "num_beams", "max_new_tokens", "seed", "record_kept"}
     options = {k: v for k, v in sorted(vars(args).items())
                if k not in _BOOKKEEPING | mapped | method_flags and k not in _HASHED_FILES}
     default_dtype = "float16" if device.startswith("cuda") else "float32"
@@ -295,10 +248,12 @@ def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settin
         "pruning": {"visual_token_num": args.visual_token_num, "method": method.name,
                     "params": {name: getattr(method, name) for name in method_parameters(method.name)}},
         "decoding": {"conv_mode": resolve_conv_mode(args), "temperature": args.temperature, "top_p": args.top_p,
-                     "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                     "batch_size": args.batch_size},
-        "task": {"module": _module_name(loader), "options": options,
+                     "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "seed": args.seed},
+        "task": {"name": task.name, "options": options, "record_kept": args.record_kept,
                  "inputs_sha256": {name: _file_sha256(args, name) for name in _HASHED_FILES if hasattr(args, name)},
+                 # Identity of every image/video the question set names (the whole set, so chunks compare).
+                 "media": provenance.media_fingerprint([(json.dumps(s.key), s.media_file) for s in samples
+                                                        if s.media_file]),
                  **(extra_settings or {})},
     }
     paths = {k: os.path.abspath(os.path.expanduser(v)) for k, v in vars(args).items()
@@ -306,42 +261,9 @@ def build_manifest(args, loader: Callable, chunk: Sequence[Sample], extra_settin
     manifest = {"format": provenance.FORMAT, "settings": settings, "environment": provenance.environment(device),
                 "chunk": {"num_chunks": args.num_chunks, "chunk_idx": args.chunk_idx, "questions": len(chunk)},
                 "info": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "paths": paths, "git": provenance.git_info(),
-                         "limit": args.limit, "argv": sys.argv[1:]}}
+                         "limit": args.limit, "batch_sizes": [args.batch_size], "argv": sys.argv[1:]}}
     manifest["fingerprint"] = provenance.fingerprint(manifest)
     return manifest
-
-
-def _module_name(loader: Callable) -> str:
-    """The importable name of the module defining ``loader`` (``__main__`` under ``python -m`` is resolved)."""
-    module = sys.modules[loader.__module__]
-    spec = getattr(module, "__spec__", None)
-    return spec.name if spec is not None else loader.__module__
-
-
-def start_answers_file(answers_file: Path, manifest: dict, answers: AnswerFormat, overwrite: bool) -> set[tuple]:
-    """Make ``answers_file`` this run's: refuse one made under other settings, write the manifest, return the
-    keys it already answers."""
-    missing_log = answers_file.with_name(answers_file.name + ".missing.jsonl")
-    if overwrite:
-        for path in (answers_file, provenance.manifest_path(answers_file), missing_log):
-            path.unlink(missing_ok=True)
-    existing = provenance.read_manifest(answers_file)
-    has_answers = answers_file.is_file() and answers_file.stat().st_size > 0
-    if has_answers and existing is None:
-        raise InputError(f"{answers_file}: holds answers but no manifest ({provenance.manifest_path(answers_file).name}),"
-                         " so how they were made is unknown; pass --overwrite to start afresh")
-    if has_answers:
-        diffs = provenance.differences(existing, manifest, parts=(*provenance.COMPARED, "chunk"))
-        if diffs:
-            raise InputError(f"{answers_file}: was made with other settings; resuming would mix runs:\n  "
-                             + "\n  ".join(diffs) + "\npass --overwrite to start afresh, or use another --answers-file")
-        manifest["info"]["resumed"] = existing["info"].get("created")
-        if "loaded" in existing:
-            manifest["loaded"] = existing["loaded"]
-    answers_file.parent.mkdir(parents=True, exist_ok=True)
-    provenance.write_manifest(answers_file, manifest)
-    answers_file.touch()  # an empty chunk still writes its (empty) answers file
-    return read_answers(answers_file, answers.key_fields, manifest["fingerprint"])
 
 
 def loaded_facts(model) -> dict:
@@ -361,7 +283,7 @@ def record_loaded(answers_file: Path, manifest: dict, model) -> None:
     """Add :func:`loaded_facts` to the manifest; a resumed run that loaded differently (e.g. tower weights from
     another source) is refused like any other change of settings."""
     loaded = loaded_facts(model)
-    previous = provenance.read_manifest(answers_file).get("loaded")
+    previous = manifest.get("loaded")  # the resumed run's, as the manifest on disk had it when this run started
     if previous is not None and previous != loaded:
         diffs = provenance.differences({"loaded": previous}, {"loaded": loaded}, parts=("loaded",))
         raise InputError(f"{answers_file}: the model loaded differently from the run being resumed:\n  "
@@ -395,6 +317,8 @@ def check_args(args) -> None:
         raise InputError(f"--visual-token-num must be >= 0, got {args.visual_token_num}")
     if args.temperature < 0:
         raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise InputError(f"--top_p must lie in (0, 1], got {args.top_p}")
     if args.num_beams < 1 or args.max_new_tokens < 1:
         raise InputError("--num_beams and --max_new_tokens must be >= 1")
     try:
@@ -402,36 +326,65 @@ def check_args(args) -> None:
     except ValueError as e:
         raise InputError(str(e)) from None
     check_installed(method)
+    return method
 
 
-def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: AnswerFormat = AnswerFormat(),
-        extra_settings: dict | None = None, postprocess: Callable[[str], str] | None = None,
+def check_checkpoint(args, method) -> None:
+    """Checkpoint facts a flag depends on, before any weight loads: the tokenizer is there, and an in-LLM method's
+    layer exists in the LLM."""
+    from llava.model.builder import read_model_config
+
+    model_path = Path(os.path.expanduser(args.model_path))
+    if not any((model_path / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+        raise InputError(f"{model_path / 'tokenizer.model'}: not found (nor tokenizer.json); the checkpoint's "
+                         "tokenizer is missing: copy it from the checkpoint's source")
+    layer = getattr(method, "llm_layer", None)
+    cfg = read_model_config(model_path)
+    layers = cfg.get("num_hidden_layers", (cfg.get("text_config") or {}).get("num_hidden_layers"))
+    if layer is not None and isinstance(layers, int) and layer >= layers:
+        flags = " / ".join(p.flag for p in cli_parameters()
+                           if method.name in p.defaults and getattr(method, p.param, None) == layer) or "its layer"
+        raise InputError(f"--pruning-method {method.name} prunes before LLM layer {layer} ({flags}), but the LLM of "
+                         f"{model_path} has {layers} layers (0..{layers - 1})")
+
+
+def run(args, task: Task, extra_settings: dict | None = None, postprocess: Callable[[str], str] | None = None,
         processor_key: str | None = None) -> list[int]:
-    """Answer this chunk of ``loader(args)`` into ``args.answers_file`` (see the module docstring); returns the
-    visual-token count of each answer this call wrote (none when the chunk was already answered).
+    """Answer this chunk of ``task.load_samples(args)`` into ``args.answers_file`` (see the module docstring);
+    returns the visual-token count of each answer this call wrote (none when the chunk was already answered).
 
     ``extra_settings`` go into the manifest's ``settings.task`` (e.g. the video decoder); ``postprocess`` edits each
     decoded answer; ``processor_key`` picks one processor when the loader returns several (Video-LLaVA's ``video``).
     """
     from llava.model.builder import check_visual_token_num
 
-    check_args(args)
-    samples = loader(args)
-    check_unique(samples)
+    method = check_args(args)
+    samples = task.load_samples(args)
+    check_samples(samples)
     chunk = get_chunk(samples, args.num_chunks, args.chunk_idx)
-    if args.limit is not None:
-        chunk = chunk[:args.limit]
     if any(s.seed is not None for s in chunk) and args.batch_size > 1:
         raise InputError("this task seeds every question's draws on its own; use --batch-size 1")
     check_visual_token_num(os.path.expanduser(args.model_path), args.visual_token_num)  # fail before loading weights
+    check_checkpoint(args, method)
     answers_file = Path(os.path.expanduser(args.answers_file))
-    manifest = build_manifest(args, loader, chunk, extra_settings)
-    done = start_answers_file(answers_file, manifest, answers, args.overwrite)
-    todo = [s for s in chunk if key_of(s) not in done]
-    missing_log = answers_file.with_name(answers_file.name + ".missing.jsonl")
+    if answers_file.is_dir():
+        raise InputError(f"--answers-file {args.answers_file}: is a folder; give the path of a .jsonl file")
+    manifest = build_manifest(args, task, samples, chunk, extra_settings)
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    with answers_io.exclusive(answers_file):
+        done = answers_io.start(answers_file, manifest, task.answers.key_fields, args.overwrite)
+        return _answer(args, task.answers, answers_file, manifest, chunk, done, postprocess, processor_key)
+
+
+def _answer(args, answers: AnswerFormat, answers_file: Path, manifest: dict, chunk: list[Sample], done: set[tuple],
+            postprocess: Callable[[str], str] | None, processor_key: str | None) -> list[int]:
+    """The loop of :func:`run`, with the answers file locked and started."""
+    order = [key_of(s) for s in chunk]
+    todo = [s for s in (chunk if args.limit is None else chunk[:args.limit]) if key_of(s) not in done]
     if not todo:
-        print(f"{answers_file}: all {len(chunk)} questions of this chunk are answered")
-        _rewrite_in_question_order(answers_file, chunk, answers.key_fields)
+        print(f"{answers_file}: all {len(chunk) if args.limit is None else min(args.limit, len(chunk))} questions "
+              "of this chunk are answered")
+        answers_io.rewrite_in_order(answers_file, order, answers.key_fields)
         return []
 
     random.seed(args.seed)
@@ -451,47 +404,75 @@ def run(args, loader: Callable[[argparse.Namespace], list[Sample]], answers: Ans
 
     prompts = {key_of(s): tokenizer_image_token(build_prompt(s.question, s.placeholders if s.media else 0, conv_mode,
                                                              im_start_end), tokenizer) for s in todo}
-    if args.batch_size > 1:  # longest first: less padding per batch, and an early out-of-memory
-        todo = sorted(todo, key=lambda s: -len(prompts[key_of(s)]))
+    if args.batch_size > 1:  # a batch holds only image or only text-only questions; longest first: less padding
+        todo = sorted(todo, key=lambda s: (s.media is None, -len(prompts[key_of(s)])))
+    batches = [todo[i:i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+    batches = [part for b in batches for part in ([x for x in b if x.media is not None], [x for x in b if x.media is None])
+               if part]
     visual_tokens: list[int] = []
     skipped: dict[tuple, dict] = {}
-    bar = tqdm(total=len(todo), desc=answers_file.name)
-    with open(answers_file, "a", encoding="utf-8") as out:
-        for start in range(0, len(todo), args.batch_size):
-            batch, media = _load_media(todo[start:start + args.batch_size], args.skip_missing_images, skipped, bar)
+    # The bar closes (ending its line) before any error is printed.
+    with (tqdm(total=len(todo), desc=answers_file.name) as bar,
+          open(answers_file, "a", encoding="utf-8", newline="\n") as out):
+        for planned in batches:
+            batch, media = _load_media(planned, args.skip_missing_images, skipped, bar, model.config)
             if not batch:
                 continue
             if batch[0].seed is not None:
                 torch.manual_seed(batch[0].seed)
             texts, counts = generate_batch(model, tokenizer, processor, [prompts[key_of(s)] for s in batch], media,
                                            gen_kwargs)
-            for sample, text, count in zip(batch, texts, counts):
+            kept = kept_patches(model, batch) if args.record_kept else None
+            for i, (sample, text, count) in enumerate(zip(batch, texts, counts)):
                 line = {**sample.record, answers.text_field: postprocess(text) if postprocess else text}
                 if answers.llava_ids:
                     line.update(answer_id=shortuuid.uuid(), model_id=model_name)
+                if kept is not None:
+                    line["kept"] = kept[i]
                 line["metadata"] = {"manifest": manifest["fingerprint"]}
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                out.write(answers_io.format_line(line))
                 visual_tokens.append(count)
             out.flush()
             bar.update(len(batch))
             bar.set_postfix(v_token_num=counts[-1])
-    bar.close()
     if visual_tokens:
         print(f"Average number of visual tokens: {sum(visual_tokens) / len(visual_tokens):.2f} "
               f"(over the {len(visual_tokens)} answers of this run)")
-    _write_missing_log(missing_log, skipped, answers_file, chunk, answers.key_fields)
+    unanswered = answers_io.write_missing_log(answers_file, skipped, order, answers.key_fields)
+    if unanswered:
+        print(f"WARNING: {unanswered} question(s) of this chunk have no answer because their image/video could not "
+              f"be read; listed in {answers_io.missing_log_path(answers_file)}", file=sys.stderr)
     if skipped and not visual_tokens and not done:  # nothing readable at all: a wrong folder, not a few bad files
         raise InputError(f"all {len(skipped)} images/videos to answer are missing or unreadable, e.g. "
                          f"{next(iter(skipped.values()))['error']}; check the folder arguments")
-    _rewrite_in_question_order(answers_file, chunk, answers.key_fields)
+    answers_io.rewrite_in_order(answers_file, order, answers.key_fields)
     return visual_tokens
 
 
-def _load_media(batch: list[Sample], skip: bool, skipped: dict, bar) -> tuple[list[Sample], list]:
+def kept_patches(model, batch: list[Sample]) -> list[list[list[int]]]:
+    """``--record-kept``: for each row of the batch, one sorted list of kept patch indices per image crop or video
+    frame (``PruningInfo.kept_indices_per_image``, raster order in the tower's patch grid; for merging methods the
+    patches their kept tokens are centred on; for in-LLM methods the patches that survive their layer). Rows are
+    in batch order; a text-only batch keeps nothing."""
+    info = model.last_pruning
+    if info is None or not any(s.media is not None for s in batch):
+        return [[] for _ in batch]
+    groups = [[sorted(int(i) for i in crop) for crop in group] for group in info.kept_indices_per_image()]
+    if len(groups) == len(batch):  # one image (its crops) per row
+        return groups
+    if len(batch) == 1:  # one video: a group per frame
+        return [[crop for group in groups for crop in group]]
+    raise RuntimeError(f"{len(groups)} kept-patch groups for a batch of {len(batch)} rows")
+
+
+def _load_media(batch: list[Sample], skip: bool, skipped: dict, bar, model_cfg) -> tuple[list[Sample], list]:
     kept, media = [], []
     for s in batch:
         try:
-            media.append(s.media() if s.media is not None else None)
+            item = s.media() if s.media is not None else None
+            if isinstance(item, Image.Image):
+                check_image_size(item, model_cfg, s.media_name)  # before preprocessing can build a huge canvas
+            media.append(item)
             kept.append(s)
         except (OSError, ValueError) as e:  # missing, unreadable, oversized (each loader names the file)
             if not skip:
@@ -501,28 +482,6 @@ def _load_media(batch: list[Sample], skip: bool, skipped: dict, bar) -> tuple[li
             tqdm.write(f"skipped question {s.key[0]!r} ({s.where}): {e}", file=sys.stderr)
             bar.update(1)
     return kept, media
-
-
-def _write_missing_log(path: Path, skipped: dict, answers_file: Path, chunk: Sequence[Sample],
-                       key_fields: Sequence[str]) -> None:
-    """``<answers>.missing.jsonl``: the chunk's questions still unanswered because their media could not be read."""
-    answered = {line_key(json.loads(l), key_fields) for l in answers_file.read_text(encoding="utf-8").splitlines()
-                if l.strip()}
-    previous = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                previous[tuple(json.dumps(k) for k in entry["key"])] = entry
-    entries = {k: v for k, v in {**previous, **skipped}.items() if k not in answered and k in {key_of(s) for s in chunk}}
-    if not entries:
-        path.unlink(missing_ok=True)
-        return
-    from llava.eval.utils import write_jsonl
-
-    write_jsonl(path, entries.values())
-    print(f"WARNING: {len(entries)} question(s) of this chunk have no answer because their image/video could not be "
-          f"read; listed in {path}", file=sys.stderr)
 
 
 @torch.no_grad()
@@ -560,15 +519,3 @@ def generate_batch(model, tokenizer, processor, prompt_ids: list[list[int]], med
     texts = [t.strip() for t in tokenizer.batch_decode(output_ids, skip_special_tokens=True)]
     counts = model.last_pruning.visual_tokens if pixel_values is not None and model.last_pruning else [0] * len(texts)
     return texts, list(counts)
-
-
-def _rewrite_in_question_order(path: Path, chunk: Sequence[Sample], key_fields: Sequence[str]) -> None:
-    """Order the chunk's lines as the questions are (batching answers them out of order)."""
-    order = {key_of(s): i for i, s in enumerate(chunk)}
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    keyed = [(order.get(line_key(json.loads(l), key_fields), len(order)), i, l) for i, l in enumerate(lines)]
-    if [k for k, _, _ in keyed] == sorted(k for k, _, _ in keyed):
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for _, _, l in sorted(keyed)), encoding="utf-8")
-    os.replace(tmp, path)

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava.eval.provenance import differences
+from llava.eval.provenance import check_manifest, differences
 from llava.eval.utils import BENCHMARKS, ArgumentParser, InputError, cli, read_json
 
 # Folder of each benchmark under playground/data/eval, as the eval scripts use them (not EVAL.md's).
@@ -57,18 +57,23 @@ def score_path(eval_dir: str | os.PathLike, bench: str, ckpt: str, method: str, 
 
 
 def read_cell(path: Path, bench: str) -> Cell:
-    """One ``write_score`` file, checked to belong to ``bench``."""
+    """One ``write_score`` file, checked to belong to ``bench``, with a whole, unedited manifest (or none) and a
+    well-formed partial record."""
     doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("benchmark") != bench:
         raise InputError(f"{path}: expected a score file for benchmark {bench!r}")
     score = doc.get("score")
     if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score):
         raise InputError(f"{path}: 'score' must be a finite number, got {score!r}")
-    return Cell(float(score), path, doc.get("manifest"), doc.get("partial"))
-
-
-def read_score(path: Path, bench: str) -> float:
-    return read_cell(path, bench).score
+    manifest = doc.get("manifest")
+    if manifest is not None:
+        check_manifest(manifest, f"{path}: its run manifest")
+    partial = doc.get("partial")
+    if partial is not None and not (isinstance(partial, dict) and all(
+            isinstance(partial.get(k), int) for k in ("answered", "expected"))):
+        raise InputError(f"{path}: 'partial' must be null or {{\"answered\": N, \"expected\": M, ...}}, "
+                         f"got {partial!r}")
+    return Cell(float(score), path, manifest, partial)
 
 
 def load_cells(eval_dir: str | os.PathLike, ckpt: str, method: str, tokens: list[int]) -> dict[int, dict[str, Cell]]:

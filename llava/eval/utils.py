@@ -20,18 +20,27 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # "--visual-token 5" must not quietly set --visual-token-num
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true",
                           help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file."""
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file.
+
+    Lines end at "\n" only, so text holding U+2028 or other Unicode line separators round-trips; a UTF-8 byte
+    order mark at the start is accepted.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):  # binary lines end at b"\n" only
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -53,11 +62,13 @@ def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark is accepted
             return json.load(f)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def require_keys(obj: dict, keys: Iterable[str], where: str) -> None:
@@ -93,25 +104,6 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: boo
 
 # Benchmark keys as in the paper's tables (../shared/reference-data/paper/*.csv columns).
 BENCHMARKS = ("vqav2", "gqa", "vizwiz", "sqa_img", "textvqa", "pope", "mme", "mmb", "mmb_cn", "mmvet")
-
-
-def write_score(path: str | os.PathLike | None, benchmark: str, score: float, metric: str,
-                details: dict | None = None, *, answers_file: str | os.PathLike | None = None,
-                partial: dict | None = None) -> None:
-    """Record a benchmark's headline number for ``llava.eval.summarize`` (no-op if ``path`` is None).
-
-    ``answers_file``: the answers the score was computed from; its run manifest (``llava.eval.provenance``) is
-    copied into the score file, so every number says how it was made. ``partial``: the record
-    :func:`check_coverage` returned when only part of the questions were scored.
-    """
-    if path is None:
-        return
-    from llava.eval.provenance import read_manifest
-
-    manifest = read_manifest(answers_file) if answers_file is not None else None
-    write_json(path, {"benchmark": benchmark, "metric": metric, "score": score, "details": details or {},
-                      "partial": partial, "answers_file": None if answers_file is None else str(answers_file),
-                      "manifest": manifest}, indent=2)
 
 
 def add_allow_partial(parser: argparse.ArgumentParser) -> None:

@@ -70,7 +70,7 @@ class Family:
     name: str
     question_file: str  # relative to the data root
     image_folder: str
-    module: ModuleType  # the benchmark's inference CLI (its load_samples and ANSWERS)
+    module: ModuleType  # the benchmark's inference CLI (its registered TASK)
 
     def args(self, data: Path, model_path: Path, answers: Path, method: str, tokens: int, batch_size: int,
              device: str) -> argparse.Namespace:
@@ -115,7 +115,7 @@ def answer(args: argparse.Namespace, family: Family) -> float:
     err = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            counts = run(args, family.module.load_samples, family.module.ANSWERS)
+            counts = run(args, family.module.TASK)
     except Exception:
         sys.stderr.write(err.getvalue()[-3000:])
         raise

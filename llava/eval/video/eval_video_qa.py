@@ -30,8 +30,9 @@ from typing import Any, Iterable, Mapping
 
 from llava.eval.judge import (FAILURES_FILE, Judge, MalformedReply, Tally, add_judge_args, judge_from_args,
                               judge_many, positive_int, prompt_sha256)
+from llava.eval.provenance import check_answers, write_score
 from llava.eval.utils import (ArgumentParser, InputError, add_allow_partial, cli, iter_jsonl, read_json, require_keys,
-                              write_json, write_score)
+                              write_json)
 
 # Exact texts of Video-LLaVA videollava/eval/video/eval_video_qa.py (identical in Video-ChatGPT's
 # quantitative_evaluation/evaluate_activitynet_qa.py). Upstream concatenates literals without
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.score_file and not args.benchmark:
         parser.error("--score-file needs --benchmark")
     gt = load_gt_answers(args.gt_file_answers) if args.gt_file_answers else None
+    check_answers(args.pred_path)  # before the first paid request
     preds = load_predictions(args.pred_path, gt)
     judge = judge_from_args(args, parse_attempts=args.max_parse_attempts)
     report = judge_many(preds, lambda qa: judge_item(judge, qa), args.output_dir,

@@ -37,14 +37,13 @@ import random
 from dataclasses import dataclass
 
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.eval.runner import (AnswerFormat, Sample, add_chunk_args, add_device_args, add_pruning_args, parse_args,
-                               run)
+from llava.eval.runner import add_chunk_args, add_device_args, add_pruning_args, add_record_kept_arg, parse_args, run
+from llava.eval.tasks import AnswerFormat, Sample, Task, register
 from llava.eval.utils import ArgumentParser, InputError, cli, read_json, require_keys
 from llava.video_utils import BACKENDS, VideoProcessor, find_video
 
 PROTOCOLS = ("paper", "greedy")
 PAPER_TEMPERATURE = 0.1
-ANSWERS = AnswerFormat(("id",), text_field="pred", llava_ids=False)
 
 
 @dataclass(frozen=True)
@@ -118,15 +117,14 @@ def load_samples(args) -> list[Sample]:
             key=(item.question_id,), question=item.question, placeholders=tower.num_frames,
             media=_clip_loader(processor, args.video_dir, args.video_prefix + item.video_name, flip),
             media_name=args.video_prefix + item.video_name, where=f"{args.gt_file_question}[{i}]",
+            media_file=str(find_video(args.video_dir, args.video_prefix + item.video_name)
+                           or os.path.join(args.video_dir, args.video_prefix + item.video_name)),
             seed=seed if args.protocol == "paper" else None,
             record={"id": item.question_id, "question": item.question, "answer": item.answer}))
     return samples
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--model-path", required=True, help="Video-LLaVA checkpoint folder (e.g. checkpoints/Video-LLaVA-7B)")
-    parser.add_argument("--model-base", default=None, help="base model for LoRA checkpoints (not supported; merge first)")
+def add_args(parser) -> None:
     parser.add_argument("--video-dir", required=True, help="folder holding the videos")
     parser.add_argument("--video-prefix", default="",
                         help="prefix of the video file names: 'v_' for ActivityNet (upstream's _act script), else none")
@@ -135,6 +133,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--gt-file-question", required=True, help="questions: JSON list of {video_name, question, question_id}")
     parser.add_argument("--gt-file-answers", required=True,
                         help="answers: JSON list of {answer, type, question_id}, joined to the questions by question_id")
+
+
+TASK = register(Task("video_qa", add_args, load_samples, AnswerFormat(("id",), text_field="pred", llava_ids=False)))
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model-path", required=True, help="Video-LLaVA checkpoint folder (e.g. checkpoints/Video-LLaVA-7B)")
+    parser.add_argument("--model-base", default=None, help="base model for LoRA checkpoints (not supported; merge first)")
+    TASK.add_args(parser)
     parser.add_argument("--answers-file", required=True,
                         help='JSON-lines output, one {"id", "question", "answer", "pred", "metadata"} per question; '
                              "appended to, skipping questions it already answers, under the same manifest")
@@ -150,6 +158,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=1024,
                         help="generation limit (default 1024, as upstream)")
     add_device_args(parser)
+    add_record_kept_arg(parser)
     # Settings the shared loop reads that video QA fixes: one clip per forward, no beams, missing videos listed.
     parser.set_defaults(top_p=None, num_beams=1, batch_size=1, anyres_protocol=None, skip_missing_images=True)
     return parser
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.conv_mode not in conv_templates:
         raise InputError(f"--conv-mode {args.conv_mode!r} is unknown; choose from {', '.join(sorted(conv_templates))}")
     args.temperature = PAPER_TEMPERATURE if args.protocol == "paper" else 0.0
-    run(args, load_samples, ANSWERS, extra_settings={"video_decoder": decoder_info(args.video_backend)},
+    run(args, TASK, extra_settings={"video_decoder": decoder_info(args.video_backend)},
         postprocess=strip_stop(args.conv_mode), processor_key="video")
 
 
