@@ -208,8 +208,8 @@ def test_a_lone_surrogate_in_a_question_is_named(tiny_ckpt, data, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--temperature", "nan"], "argument --temperature: expected a finite number, got 'nan'"),
     (["--top_p", "inf"], "argument --top_p: expected a finite number"),
-    (["--device", "gpu"], "argument --device: 'gpu': expected cpu, cuda or cuda:N"),
-    (["--device", "cuda:0"], "argument --device: 'cuda:0': no CUDA GPU is usable here"),
+    (["--device", "gpu"], "argument --device: gpu: expected one of cpu, cuda, cuda:N, auto, mps"),
+    (["--device", "cuda:0"], "argument --device: cuda:0: no CUDA GPU is visible here"),
     (["--visual-token 5"], "unrecognized arguments: --visual-token 5"),
 ])
 def test_bad_flag_values_are_named_at_the_flag(tiny_ckpt, data, tmp_path, flags, message):
