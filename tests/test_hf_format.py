@@ -391,11 +391,11 @@ def test_run_llava_on_a_transformers_checkpoint(hf_ckpts, sample_data, capsys):
 
 
 def run_llava_args(ckpt: Path, image: Path):
-    import argparse
+    from llava.eval.runner import parse_args
 
-    return argparse.Namespace(model_path=str(ckpt), model_base=None, image_file=str(image), query="What is written?",
-                              conv_mode=None, sep=",", temperature=0.0, top_p=None, num_beams=1, max_new_tokens=4,
-                              visual_token_num=58, seed=0, device="cpu")
+    return parse_args(run_llava.build_parser(), ["--model-path", str(ckpt), "--image-file", str(image), "--query",
+                                                 "What is written?", "--temperature", "0", "--max_new_tokens", "4",
+                                                 "--visual-token-num", "58", "--device", "cpu"])
 
 
 def test_video_cli_on_a_transformers_checkpoint(originals, hf_ckpts, tmp_path):

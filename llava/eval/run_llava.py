@@ -12,7 +12,7 @@ import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
 from llava.conversation import conv_templates
-from llava.eval.runner import device_flag, finite_float, generate_batch
+from llava.eval.runner import add_pruning_args, device_flag, finite_float, generate_batch, parse_args, pruning_kwargs
 from llava.eval.utils import ArgumentParser, InputError, cli
 from llava.mm_utils import get_model_name_from_path, load_image, tokenizer_image_token
 
@@ -50,10 +50,13 @@ def eval_model(args) -> str:
     from llava.model.builder import load_pretrained_model
 
     files = image_files(args.image_file, args.sep)  # before any weight is loaded
+    method_kwargs = pruning_kwargs(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_name = get_model_name_from_path(args.model_path)
     tokenizer, model, processor, _ = load_pretrained_model(args.model_path, args.model_base, model_name, device=device,
-                                                           visual_token_num=args.visual_token_num)
+                                                           visual_token_num=args.visual_token_num,
+                                                           pruning_method=args.pruning_method,
+                                                           pruning_kwargs=method_kwargs)
     image_token = DEFAULT_IMAGE_TOKEN
     if model.config.mm_use_im_start_end:
         image_token = DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
@@ -82,7 +85,7 @@ def eval_model(args) -> str:
     return texts[0]
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model-path", type=str, required=True, help="LLaVA checkpoint folder")
     parser.add_argument("--model-base", type=str, default=None, help="base model for LoRA checkpoints (not supported)")
@@ -94,11 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top_p", type=finite_float, default=None, help="nucleus sampling threshold")
     parser.add_argument("--num_beams", type=int, default=1, help="beam search width")
     parser.add_argument("--max_new_tokens", type=int, default=512, help="generation limit (default 512)")
-    parser.add_argument("--visual-token-num", type=int, default=None,
-                        help="[FasterVLM] visual tokens kept per image; default: all (no pruning)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (matters only when sampling)")
     parser.add_argument("--device", type=device_flag, default=None, help="cpu, cuda, cuda:N, auto or mps (default: cuda if available)")
-    args = parser.parse_args(argv)
+    add_pruning_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(build_parser(), argv)
     torch.manual_seed(args.seed)
     eval_model(args)
 
