@@ -210,7 +210,7 @@ def test_batched_answers_equal_batch_one(toy_data):
 @needs_shipped
 def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     details = toy_demo.run_demo(tmp_path / "demo", tmp_path / "data", methods=("fastervlm", "random"),
-                                tokens=(576, 58), questions=6, batch_size=2)
+                                tokens=(576, 58), questions=6, batch_size=2, world="v1")
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(results) == {"fastervlm", "random"} and all(set(r) == {"576", "58"} for r in results.values())
     # 576 of 576 patches prunes nothing: one unpruned run stands for every method.
@@ -220,3 +220,32 @@ def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| fastervlm | " in out and "prefill" in out and "target unpruned accuracy" in out
     assert "these 6 only indicate" in out
+
+
+# --------------------------------------------------------------------------- the demo's targets and report
+
+
+def _met(checks: list[dict]) -> dict[str, bool]:
+    return {c["name"]: c["met"] for c in checks}
+
+
+def test_v1_targets_on_hand_made_results():
+    good = {"fastervlm": {"576": 100.0, "58": 95.0}, "random": {"576": 100.0, "58": 70.0}}
+    assert _met(toy_demo.check_targets(good, "v1")) == {"unpruned accuracy (%)": True, "fastervlm at 58 / unpruned": True,
+                                                        "random at 58 / unpruned": True}
+    # Random pruning keeping 80 % of the accuracy misses its "<= 0.75" target; FasterVLM at 0.85 misses ">= 0.9".
+    bad = {"fastervlm": {"576": 88.0, "58": 74.8}, "random": {"576": 88.0, "58": 70.4}}
+    assert _met(toy_demo.check_targets(bad, "v1")) == {"unpruned accuracy (%)": False,
+                                                       "fastervlm at 58 / unpruned": False,
+                                                       "random at 58 / unpruned": False}
+    assert toy_demo.check_targets({"random": {"58": 50.0}}, "v1") == []  # nothing to compare with
+
+
+def test_v2_headroom_target_takes_the_best_method_of_each_budget():
+    results = {"fastervlm": {"576": 95.0, "58": 92.0, "14": 60.0}, "random": {"576": 95.0, "58": 70.0, "14": 93.5}}
+    checks = {c["name"]: c for c in toy_demo.check_targets(results, "v2")}
+    assert checks["unpruned accuracy (%)"]["met"]
+    assert checks["best at 58 (fastervlm), points below unpruned"]["met"]  # 3 points below
+    assert checks["best at 14 (random), points below unpruned"]["value"] == pytest.approx(1.5)
+    assert not checks["best at 14 (random), points below unpruned"]["met"]  # within 2 points
+    assert not toy_demo.check_targets({"random": {"576": 89.9}}, "v2")[0]["met"]
