@@ -25,9 +25,11 @@ from llava.pruning import PruningMethod, TowerOutputs, TowerRequest, register, s
 from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor
 from llava.tools import toy_demo, toy_world, train_toy
 
-SHIPPED = toy_demo.SHIPPED
+SHIPPED, SHIPPED_V2 = toy_demo.SHIPPED, toy_demo.SHIPPED_V2
 needs_shipped = pytest.mark.skipif(not (SHIPPED / "config.json").is_file(),
                                    reason=f"no shipped toy checkpoint at {SHIPPED}")
+needs_shipped_v2 = pytest.mark.skipif(not (SHIPPED_V2 / "config.json").is_file(),
+                                      reason=f"no shipped toy checkpoint at {SHIPPED_V2}")
 
 # The CI subset: the first SUBSET questions of each held-out toy benchmark (seed 1), 3 × SUBSET in all.
 SUBSET = 40
@@ -88,6 +90,24 @@ def test_generator_is_deterministic_and_writes_the_real_formats(tmp_path):
     assert result["acc"] == 100.0
 
 
+def test_v2_scenes_and_their_answers():
+    for i in range(50):
+        scene, q = toy_world.sample(0, "test", i, toy_world.FAMILIES[i % 3], world="v2")
+        colors = [c for c, _, _ in scene.shapes]
+        tops = [box[1] for _, _, box in scene.shapes]
+        assert 2 <= len(colors) <= 4 and len(set(colors)) == len(colors)
+        # Topmost first, and by whole patch rows: its top row is above every other shape's.
+        assert all(b - a >= toy_world.TOP_GAP for a, b in zip(tops, tops[1:]))
+        assert min(p for p in scene.shape_patches()[0]) < min(min(p) for p in scene.shape_patches()[1:])
+        boxes = [box for _, _, box in scene.shapes]
+        assert not any(toy_world._near(a, b) for j, a in enumerate(boxes) for b in boxes[j + 1:])  # apart
+        expected = {"textvqa": colors[0], "pope": "Yes" if colors[0] in toy_world.WARM else "No",
+                    "sqa": "ABC"[len(colors) - 2]}[q.family]
+        assert q.answer == expected
+    # v2 draws from its own streams: no scene of v1 reappears.
+    assert toy_world.sample(0, "test", 0, world="v2")[0].noise_seed != toy_world.sample(0, "test", 0)[0].noise_seed
+
+
 def test_the_target_is_a_few_patches_and_the_fast_pixels_equal_process_images():
     scenes = [toy_world.make_scene(toy_world.stream(0, "test", i)) for i in range(50)]
     assert all(4 <= len(s.target_patches()) <= 16 for s in scenes)
@@ -132,15 +152,17 @@ def test_training_entry_point_writes_a_loadable_llava_deterministically(tmp_path
 # --------------------------------------------------------------------------- the shipped checkpoint
 
 
-@needs_shipped
-def test_every_prompt_of_a_toy_benchmark_has_one_length():
+@pytest.mark.parametrize("world, ckpt", [("v1", SHIPPED), ("v2", SHIPPED_V2)])
+def test_every_prompt_of_a_toy_benchmark_has_one_length(world, ckpt):
     """What lets the demo batch: the runner sorts a batch by prompt length, a no-op here, so the questions are
     answered in file order and ``random`` draws the same patches for each question as at batch size 1."""
-    tokenizer = load_tokenizer(SHIPPED)
+    if not (ckpt / "config.json").is_file():
+        pytest.skip(f"no shipped toy checkpoint at {ckpt}")
+    tokenizer = load_tokenizer(ckpt)
     for family in toy_world.FAMILIES:
         lengths = set()
         for i in range(100):
-            _, q = toy_world.sample(1, f"eval-{family}", i, family)
+            _, q = toy_world.sample(1, f"eval-{family}", i, family, world=world)
             prompt = build_prompt(toy_world.training_prompt(q), 1, "vicuna_v1", False)
             lengths.add(len(tokenizer_image_token(prompt, tokenizer)))
             assert len(tokenizer(q.answer, add_special_tokens=False).input_ids) == 1
