@@ -14,7 +14,7 @@ Two stages, as the toy world needs them (``llava.tools.toy_world`` makes the sce
    layer's patches: all 576 in half the steps, a random subset holding the target in the other half (``train_llm`` says
    why; unlike LLaVA, which always trains on all 576).
 
-In the v2 world (``--world v2``: 2–4 coloured shapes, questions about the topmost one and the count) stage 1
+In the v2 world (``--world v2``: 2–5 coloured shapes, questions about how many) stage 1
 names every colour present instead (8 yes/no outputs from [CLS]), so [CLS] learns to look at all the coloured
 shapes, and stage 2's subsets hold all of them.
 
@@ -79,8 +79,8 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
 
 def curriculum(step: int, steps: int, start: int = 96) -> tuple[int, int]:
     """Target side range (px) at ``step``: from 88–96 px (``start``) shrinking linearly to the toy world's 28–36
-    over the first half of the steps, then the toy world's. v2 starts at 64 px: four 96-px shapes with top edges
-    apart barely fit in 336 px.
+    over the first half of the steps, then the toy world's. v2 starts at 64 px: five 96-px shapes barely fit
+    apart in 336 px.
 
     A target a few patches wide is a needle among 576 tokens: a tiny model trained from scratch on it sits on a
     plateau for hundreds of steps. Large targets first teach the tower and the LLM where to look within tens.
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="checkpoint folder to write (e.g. checkpoints/llava-v1.5-toy)")
     parser.add_argument("--world", choices=toy_world.WORLDS, default="v1",
-                        help="v1: one coloured target (llava/toy/llava-v1.5-toy); v2: 2–4 coloured shapes, "
+                        help="v1: one coloured target (llava/toy/llava-v1.5-toy); v2: 2–5 coloured shapes, "
                              "questions needing all of them (llava/toy/llava-v1.5-toy-v2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training scenes (default 0)")
     parser.add_argument("--tower-steps", type=int, default=200, help="stage 1 optimiser steps (default 200)")
