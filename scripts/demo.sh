@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: the toy world's leaderboard (llava/tools/toy_demo.py, docs/toy-world.md). A tiny
 # LLaVA-1.5 trained on synthetic scenes (shipped in llava/toy/llava-v1.5-toy-v2; trained once into checkpoints/ if
-# the package lacks it) answers 510 held-out TextVQA-, POPE- and ScienceQA-format questions about 2–5 coloured
-# shapes (how many there are: a method must keep a patch of each), keeping 576, 58, 29 and 14 visual
+# the package lacks it) answers 510 held-out TextVQA-, POPE- and ScienceQA-format questions about 3–4 coloured
+# shapes (the colour most of them have: a method must keep patches of several), keeping 576, 58, 29 and 14 visual
 # tokens with the registered ones of fastervlm, vispruner, divprune and random. Prints the accuracy table (with the
 # average visual tokens and the measured prefill speed-up) and writes playground/demo/results.json and
 # accuracy.png. Extra arguments go to the demo: `bash scripts/demo.sh --zoo` for every registered method,

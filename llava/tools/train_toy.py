@@ -14,9 +14,8 @@ Two stages, as the toy world needs them (``llava.tools.toy_world`` makes the sce
    layer's patches: all 576 in half the steps, a random subset holding the target in the other half (``train_llm`` says
    why; unlike LLaVA, which always trains on all 576).
 
-In the v2 world (``--world v2``: 2–5 coloured shapes, questions about how many) stage 1
-names every colour present instead (8 yes/no outputs from [CLS]), so [CLS] learns to look at all the coloured
-shapes, and stage 2's subsets hold all of them.
+In the v2 world (``--world v2``: 3–4 coloured shapes, questions about the colour most of them have) stage 1 names
+that colour from [CLS], so [CLS] learns to look at all the coloured shapes, and stage 2's subsets hold all of them.
 
 Both stages start with large targets that shrink to the toy world's size (``curriculum``). Every batch is freshly
 generated, so nothing is seen twice; the evaluation splits come from other random streams. The run is
@@ -79,7 +78,7 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
 
 def curriculum(step: int, steps: int, start: int = 96) -> tuple[int, int]:
     """Target side range (px) at ``step``: from 88–96 px (``start``) shrinking linearly to the toy world's 28–36
-    over the first half of the steps, then the toy world's. v2 starts at 64 px: five 96-px shapes barely fit
+    over the first half of the steps, then the toy world's. v2 starts at 64 px: four 96-px shapes barely fit
     apart in 336 px.
 
     A target a few patches wide is a needle among 576 tokens: a tiny model trained from scratch on it sits on a
@@ -100,9 +99,8 @@ def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict, wo
     through that layer's attention, the one FasterVLM scores with, and the patches' outputs play no part in the
     loss. Read from the last layer instead, the tower learns to copy the colour into every patch first (the
     patches feed the last layer's [CLS]), and then random patches answer as well as the target's. The last layer
-    keeps its initial weights: LLaVA never runs it. In v2 the head says which colours are present (one logit per
-    colour, binary cross-entropy; accuracy: all 8 right), which needs every coloured shape. Returns the tower;
-    ``log["tower"]`` gets the curves.
+    keeps its initial weights: LLaVA never runs it. In v2 the colour is the one most shapes have, which needs
+    several shapes. Returns the tower; ``log["tower"]`` gets the curves.
     """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -123,21 +121,15 @@ def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict, wo
         x = pixel_values([toy_world.render(s) for s in scenes])
         cls = tower(pixel_values=x, output_hidden_states=True).hidden_states[-2][:, 0]  # (B, C)
         logits = head(cls)  # (B, colours)
-        if world == "v2":
-            y = torch.tensor([[float(c in {color for color, _, _ in s.shapes}) for c in COLORS] for s in scenes])
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-            right = ((logits > 0) == (y > 0)).all(-1)
-        else:
-            y = torch.tensor([COLORS.index(s.color) for s in scenes])
-            loss = F.cross_entropy(logits, y)
-            right = logits.argmax(-1) == y
+        y = torch.tensor([COLORS.index(s.color) for s in scenes])
+        loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         losses.append(loss.item())
-        accs.append(right.float().mean().item())
+        accs.append((logits.argmax(-1) == y).float().mean().item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{np.mean(accs[-10:]):.2f}", side=f"{side[1]}px")
     log["tower"] = {"loss": losses, "accuracy": accs}
     return tower.requires_grad_(False).eval()
@@ -386,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="checkpoint folder to write (e.g. checkpoints/llava-v1.5-toy)")
     parser.add_argument("--world", choices=toy_world.WORLDS, default="v1",
-                        help="v1: one coloured target (llava/toy/llava-v1.5-toy); v2: 2–5 coloured shapes, "
+                        help="v1: one coloured target (llava/toy/llava-v1.5-toy); v2: 3–4 coloured shapes, the colour most have, "
                              "questions needing all of them (llava/toy/llava-v1.5-toy-v2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training scenes (default 0)")
     parser.add_argument("--tower-steps", type=int, default=200, help="stage 1 optimiser steps (default 200)")
