@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The README's first command: the toy world (llava/tools/toy_demo.py). A tiny LLaVA-1.5 trained on synthetic
-# scenes (shipped in llava/toy/; trained once into checkpoints/llava-v1.5-toy if the package lacks it) answers
-# 510 held-out TextVQA-, POPE- and ScienceQA-format questions about one small coloured shape, keeping 576, 144,
-# 58 and 29 visual tokens with fastervlm, random, patch-attn and fastv. Prints the accuracy table (with the
+# The README's first command: the toy world's leaderboard (llava/tools/toy_demo.py, docs/toy-world.md). A tiny
+# LLaVA-1.5 trained on synthetic scenes (shipped in llava/toy/llava-v1.5-toy-v2; trained once into checkpoints/ if
+# the package lacks it) answers 510 held-out TextVQA-, POPE- and ScienceQA-format questions about 3–4 coloured
+# shapes (the colour most of them have: a method must keep patches of several), keeping 576, 58, 29 and 14 visual
+# tokens with the registered ones of fastervlm, vispruner, divprune and random. Prints the accuracy table (with the
 # average visual tokens and the measured prefill speed-up) and writes playground/demo/results.json and
-# accuracy.png. Extra arguments go to the demo, e.g. `bash scripts/demo.sh --methods fastervlm random`.
+# accuracy.png. Extra arguments go to the demo: `bash scripts/demo.sh --zoo` for every registered method,
+# `--world v1` for the single-shape world, `--import my_method --methods my-method fastervlm` for your own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

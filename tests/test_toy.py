@@ -25,15 +25,19 @@ from llava.pruning import PruningMethod, TowerOutputs, TowerRequest, register, s
 from llava.model.multimodal_encoder.clip_encoder import CLIPImageProcessor
 from llava.tools import toy_demo, toy_world, train_toy
 
-SHIPPED = toy_demo.SHIPPED
+SHIPPED, SHIPPED_V2 = toy_demo.SHIPPED, toy_demo.SHIPPED_V2
 needs_shipped = pytest.mark.skipif(not (SHIPPED / "config.json").is_file(),
                                    reason=f"no shipped toy checkpoint at {SHIPPED}")
+needs_shipped_v2 = pytest.mark.skipif(not (SHIPPED_V2 / "config.json").is_file(),
+                                      reason=f"no shipped toy checkpoint at {SHIPPED_V2}")
 
 # The CI subset: the first SUBSET questions of each held-out toy benchmark (seed 1), 3 × SUBSET in all.
 SUBSET = 40
 # Accuracy (%) of the shipped checkpoint on the CI subset, CPU fp32. The answers are deterministic; the tolerance
 # covers other CPUs and BLAS builds flipping a near-tie (one question is 0.83 points).
 EXPECTED = {("fastervlm", 576): 100.0, ("fastervlm", 58): 100.0, ("random", 58): 61.67}
+# The same for the v2 checkpoint (measured on its CI subset, seed 1).
+EXPECTED_V2 = {("fastervlm", 576): 75.0, ("fastervlm", 14): 47.5, ("random", 58): 57.5}
 TOLERANCE = 3.5
 
 
@@ -88,6 +92,24 @@ def test_generator_is_deterministic_and_writes_the_real_formats(tmp_path):
     assert result["acc"] == 100.0
 
 
+def test_v2_scenes_and_their_answers():
+    for i in range(60):
+        scene, q = toy_world.sample(0, "test", i, toy_world.FAMILIES[i % 3], world="v2")
+        colors = [c for c, _, _ in scene.shapes]
+        # Two shapes of one colour, one or two others of a colour each: a strict majority, of one kind and size.
+        counts = sorted(((colors.count(c), c) for c in set(colors)), reverse=True)
+        assert len(colors) in (3, 4) and counts[0] == (2, scene.color) and all(n == 1 for n, _ in counts[1:])
+        assert len({(kind, box[2] - box[0], box[3] - box[1]) for _, kind, box in scene.shapes}) == 1
+        boxes = [box for _, _, box in scene.shapes]
+        assert not any(toy_world._near(a, b) for j, a in enumerate(boxes) for b in boxes[j + 1:])  # apart
+        assert all(4 <= len(p) <= 16 for p in scene.shape_patches())
+        expected = {"textvqa": scene.color, "pope": "Yes" if scene.color in toy_world.WARM else "No",
+                    "sqa": "ABCD"[toy_world.choice_set(scene.color).index(scene.color)]}[q.family]
+        assert q.answer == expected
+    # v2 draws from its own streams: no scene of v1 reappears.
+    assert toy_world.sample(0, "test", 0, world="v2")[0].noise_seed != toy_world.sample(0, "test", 0)[0].noise_seed
+
+
 def test_the_target_is_a_few_patches_and_the_fast_pixels_equal_process_images():
     scenes = [toy_world.make_scene(toy_world.stream(0, "test", i)) for i in range(50)]
     assert all(4 <= len(s.target_patches()) <= 16 for s in scenes)
@@ -132,15 +154,17 @@ def test_training_entry_point_writes_a_loadable_llava_deterministically(tmp_path
 # --------------------------------------------------------------------------- the shipped checkpoint
 
 
-@needs_shipped
-def test_every_prompt_of_a_toy_benchmark_has_one_length():
+@pytest.mark.parametrize("world, ckpt", [("v1", SHIPPED), ("v2", SHIPPED_V2)])
+def test_every_prompt_of_a_toy_benchmark_has_one_length(world, ckpt):
     """What lets the demo batch: the runner sorts a batch by prompt length, a no-op here, so the questions are
     answered in file order and ``random`` draws the same patches for each question as at batch size 1."""
-    tokenizer = load_tokenizer(SHIPPED)
+    if not (ckpt / "config.json").is_file():
+        pytest.skip(f"no shipped toy checkpoint at {ckpt}")
+    tokenizer = load_tokenizer(ckpt)
     for family in toy_world.FAMILIES:
         lengths = set()
         for i in range(100):
-            _, q = toy_world.sample(1, f"eval-{family}", i, family)
+            _, q = toy_world.sample(1, f"eval-{family}", i, family, world=world)
             prompt = build_prompt(toy_world.training_prompt(q), 1, "vicuna_v1", False)
             lengths.add(len(tokenizer_image_token(prompt, tokenizer)))
             assert len(tokenizer(q.answer, add_special_tokens=False).input_ids) == 1
@@ -179,6 +203,19 @@ def test_shipped_checkpoint_accuracy(toy_data, method, tokens):
     assert abs(cell["accuracy"] - EXPECTED[method, tokens]) <= TOLERANCE, (method, tokens, cell)
 
 
+@pytest.fixture(scope="module")
+def toy_data_v2(tmp_path_factory) -> Path:
+    return toy_world.make_toy_benchmarks(tmp_path_factory.mktemp("toy-v2"), seed=1, questions=3 * SUBSET, world="v2")
+
+
+@needs_shipped_v2
+@pytest.mark.parametrize("method, tokens", sorted(EXPECTED_V2))
+def test_shipped_v2_checkpoint_accuracy(toy_data_v2, method, tokens):
+    cell = toy_demo.evaluate_cell(toy_data_v2, SHIPPED_V2, method, tokens, batch_size=40)
+    assert cell["questions"] == 3 * SUBSET
+    assert abs(cell["accuracy"] - EXPECTED_V2[method, tokens]) <= TOLERANCE, (method, tokens, cell)
+
+
 @needs_shipped
 def test_fastervlm_claim_on_the_subset_and_a_wrong_method_fails_it(toy_data, bottom_k):
     full = EXPECTED["fastervlm", 576]
@@ -207,7 +244,7 @@ def test_batched_answers_equal_batch_one(toy_data):
     assert answer_texts(toy_data, "random", 58) == one
 
 
-@needs_shipped
+@needs_shipped_v2
 def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     details = toy_demo.run_demo(tmp_path / "demo", tmp_path / "data", methods=("fastervlm", "random"),
                                 tokens=(576, 58), questions=6, batch_size=2)
@@ -219,4 +256,38 @@ def test_demo_writes_results_json_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "demo" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "| fastervlm | " in out and "prefill" in out and "target unpruned accuracy" in out
-    assert "these 6 only indicate" in out
+    assert "these 6 only indicate" in out and "toy-v2" in details["model_path"]
+    assert "target best at 58 (" in out and "576 tokens keep every patch" in out
+    # One rounding: the matrix, the per-cell table and results.json show the same one-decimal number.
+    r58 = results["random"]["58"]
+    assert r58 == round(r58, 1) and f"| random | 58 | {r58:.1f} |" in out and f"| {r58:.1f} |" in out.split("| method")[0]
+    assert details["cells"]["fastervlm/576"]["prefill_speedup"] == details["cells"]["random/576"]["prefill_speedup"] == 1
+
+
+# --------------------------------------------------------------------------- the demo's targets and report
+
+
+def _met(checks: list[dict]) -> dict[str, bool]:
+    return {c["name"]: c["met"] for c in checks}
+
+
+def test_v1_targets_on_hand_made_results():
+    good = {"fastervlm": {"576": 100.0, "58": 95.0}, "random": {"576": 100.0, "58": 70.0}}
+    assert _met(toy_demo.check_targets(good, "v1")) == {"unpruned accuracy (%)": True, "fastervlm at 58 / unpruned": True,
+                                                        "random at 58 / unpruned": True}
+    # Random pruning keeping 80 % of the accuracy misses its "<= 0.75" target; FasterVLM at 0.85 misses ">= 0.9".
+    bad = {"fastervlm": {"576": 88.0, "58": 74.8}, "random": {"576": 88.0, "58": 70.4}}
+    assert _met(toy_demo.check_targets(bad, "v1")) == {"unpruned accuracy (%)": False,
+                                                       "fastervlm at 58 / unpruned": False,
+                                                       "random at 58 / unpruned": False}
+    assert toy_demo.check_targets({"random": {"58": 50.0}}, "v1") == []  # nothing to compare with
+
+
+def test_v2_headroom_target_takes_the_best_method_of_each_budget():
+    results = {"fastervlm": {"576": 95.0, "58": 92.0, "14": 60.0}, "random": {"576": 95.0, "58": 70.0, "14": 93.5}}
+    checks = {c["name"]: c for c in toy_demo.check_targets(results, "v2")}
+    assert checks["unpruned accuracy (%)"]["met"]
+    assert checks["best at 58 (fastervlm), points below unpruned"]["met"]  # 3 points below
+    assert checks["best at 14 (random), points below unpruned"]["value"] == pytest.approx(1.5)
+    assert not checks["best at 14 (random), points below unpruned"]["met"]  # within 2 points
+    assert not toy_demo.check_targets({"random": {"576": 89.9}}, "v2")[0]["met"]

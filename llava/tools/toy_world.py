@@ -1,6 +1,6 @@
 """The toy world's data: synthetic 336-px scenes and questions in the real benchmark file layouts.
 
-    python -m llava.tools.toy_world OUT_DIR [--seed 1] [--questions 510]
+    python -m llava.tools.toy_world OUT_DIR [--world v2] [--seed 1] [--questions 510]
 
 Every image is LLaVA-1.5's geometry (336 × 336 px, 14-px patches: 24 × 24 = 576 patches): low-contrast colour
 noise as clutter, a few grey shapes as distractors, and one *target*, a small saturated shape (28–36 px, about
@@ -19,6 +19,15 @@ A tiny tower trained for minutes reads colour from [CLS] reliably, shape not. Th
 * ``sqa/``: lettered choices of the target's colour (the four colours of its half of the palette),
   ``llava_test_CQM-A.json`` + ``problems.json`` +
   ``pid_splits.json``, scored with ScienceQA's rule.
+
+**v2** (``--world v2``) asks about several separate regions: 3–4 coloured shapes of one kind and size (28–36 px),
+two of one colour and one or two of other colours, among the same clutter; the three formats ask v1's questions
+about the colour *most* of the shapes have. A method that keeps one shape's patches answers with its colour, right
+only when that shape is of the majority: v1's single target saturates (FasterVLM keeps 97.7 % at 29 tokens), v2
+needs patches of several shapes. (Two earlier v2 families, measured in pilots, stayed at chance in training: the
+colour of the topmost shape, batch accuracy 0.12–0.24 after 220 of 600 steps, and the number of shapes, 2–5,
+0.16–0.29 after 200; v1's family is at 0.99 after 100. The majority colour is v1's skill on an average over
+several regions.)
 
 Everything is a function of ``--seed`` (Python's ``random`` and NumPy's legacy ``RandomState``, both stable across
 versions); the training set (``llava.tools.train_toy``) draws its scenes from another stream of the same seed.
@@ -48,6 +57,8 @@ SHAPES = ("square", "circle", "triangle", "cross")
 TARGET_SIDE = (28, 36)  # px: 2–3 patches wide
 DISTRACTORS = (4, 7)  # grey shapes per image
 FAMILIES = ("textvqa", "pope", "sqa")
+WORLDS = ("v1", "v2")
+MINORITY = (1, 2)  # v2: shapes of other colours, one each, beside the two of the majority colour
 
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 COLOR_QUESTION = "What color is the shape?"
@@ -57,6 +68,8 @@ CHOICE_QUESTION = "What color is the colored shape?"
 CHOICE_CONTEXT = "Context: A picture of shapes."
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
+MAJORITY_QUESTION = "What color are most of the colored shapes?"
+MAJORITY_YESNO_QUESTION = "Are most of the colored shapes a warm color?"
 
 
 @dataclass(frozen=True)
@@ -71,15 +84,83 @@ class Scene:
 
     def target_patches(self) -> list[int]:
         """Raster indices of the patches the target's box touches (what a pruning method has to keep)."""
-        x0, y0, x1, y1 = self.box
-        cols = range(x0 // PATCH, (x1 - 1) // PATCH + 1)
-        return [r * GRID + c for r in range(y0 // PATCH, (y1 - 1) // PATCH + 1) for c in cols]
+        return box_patches(self.box)
+
+    def colored(self) -> tuple[tuple[str, str, tuple[int, int, int, int]], ...]:
+        """The coloured shapes as (colour, shape, box), what ``render`` draws over the distractors."""
+        return ((self.color, self.shape, self.box),)
+
+
+def box_patches(box: tuple[int, int, int, int]) -> list[int]:
+    """Raster indices of the patches a box (x0, y0, x1, y1 in px, exclusive) touches."""
+    x0, y0, x1, y1 = box
+    cols = range(x0 // PATCH, (x1 - 1) // PATCH + 1)
+    return [r * GRID + c for r in range(y0 // PATCH, (y1 - 1) // PATCH + 1) for c in cols]
+
+
+@dataclass(frozen=True)
+class Scene2:
+    """A v2 picture: 3–4 coloured shapes (colour, shape, box), the majority colour's two first, distractors and the
+    pixel seed."""
+
+    shapes: tuple[tuple[str, str, tuple[int, int, int, int]], ...]
+    distractors: tuple[tuple[str, tuple[int, int, int, int], int], ...]
+    noise_seed: int
+
+    @property
+    def color(self) -> str:
+        """The colour most of the coloured shapes have (two of them), what every v2 question asks about."""
+        return self.shapes[0][0]
+
+    def shape_patches(self) -> list[list[int]]:
+        """Per coloured shape, the patches its box touches."""
+        return [box_patches(box) for _, _, box in self.shapes]
+
+    def target_patches(self) -> list[int]:
+        """Every patch a coloured shape touches, raster order: all a method must keep to answer every question."""
+        return sorted({i for patches in self.shape_patches() for i in patches})
+
+    def colored(self) -> tuple[tuple[str, str, tuple[int, int, int, int]], ...]:
+        return self.shapes
 
 
 def stream(seed: int, split: str, index: int) -> random.Random:
     """The independent random stream of item ``index`` of ``split`` (e.g. ``"train"``, ``"eval"``)."""
     digest = hashlib.sha256(f"toy-world/{seed}/{split}/{index}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def _near(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin: int = 4) -> bool:
+    """Whether two boxes overlap or come within ``margin`` px."""
+    return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
+
+
+def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scene2:
+    """A random v2 scene: two shapes of the majority colour and one or two of other colours, one shape kind and side
+    for all (equal areas: "most" by count is most by area), apart, then grey distractors anywhere not over them.
+    Placement is rejection sampling, restarted when stuck."""
+    major, *others = rng.sample(list(COLORS), 1 + rng.randint(*MINORITY))
+    colors = [major, major, *others]
+    kind, s = rng.choice(SHAPES), rng.randint(*side)
+    boxes: list[tuple[int, int, int, int]] = []
+    misses = 0
+    while len(boxes) < len(colors):
+        x0, y0 = rng.randrange(IMAGE_SIZE - s), rng.randrange(IMAGE_SIZE - s)
+        box = (x0, y0, x0 + s, y0 + s)
+        if any(_near(box, b) for b in boxes):
+            misses += 1
+            if misses == 100:  # the boxes so far leave no room: start over
+                boxes, misses = [], 0
+            continue
+        boxes.append(box)
+    shapes = [(c, kind, b) for c, b in zip(colors, boxes)]
+    distractors, n = [], rng.randint(*DISTRACTORS)
+    while len(distractors) < n:
+        d = rng.randint(14, 42)
+        dx, dy = rng.randrange(IMAGE_SIZE - d), rng.randrange(IMAGE_SIZE - d)
+        if not any(_near((dx, dy, dx + d, dy + d), b) for b in boxes):
+            distractors.append((rng.choice(SHAPES), (dx, dy, dx + d, dy + d), rng.randint(120, 200)))
+    return Scene2(tuple(shapes), tuple(distractors), rng.randrange(2**31))
 
 
 def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE) -> Scene:
@@ -111,14 +192,15 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         draw.rectangle((x0 + t, y0, x1 - t, y1), fill=fill)
 
 
-def render(scene: Scene) -> Image.Image:
+def render(scene: Scene | Scene2) -> Image.Image:
     """The scene as a 336 × 336 RGB picture."""
     noise = np.random.RandomState(scene.noise_seed).randint(30, 111, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     img = Image.fromarray(noise, "RGB")
     draw = ImageDraw.Draw(img)
     for shape, box, grey in scene.distractors:
         _draw_shape(draw, shape, box, (grey, grey, grey))
-    _draw_shape(draw, scene.shape, scene.box, COLORS[scene.color])
+    for color, shape, box in scene.colored():
+        _draw_shape(draw, shape, box, COLORS[color])
     return img
 
 
@@ -154,6 +236,20 @@ def make_question(family: str, scene: Scene) -> Question:
     raise ValueError(f"unknown question family {family!r} (expected one of {FAMILIES})")
 
 
+def make_question2(family: str, scene: Scene2) -> Question:
+    """A v2 question: v1's three questions, about the colour most of the coloured shapes have."""
+    if family == "textvqa":
+        return Question(family, MAJORITY_QUESTION + SHORT_SUFFIX, scene.color)
+    if family == "pope":
+        return Question(family, MAJORITY_YESNO_QUESTION + SHORT_SUFFIX, "Yes" if scene.color in WARM else "No")
+    if family == "sqa":
+        choices = choice_set(scene.color)
+        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+        text = f"{CHOICE_CONTEXT}\n{MAJORITY_QUESTION}\n{options}"
+        return Question(family, text, LETTERS[choices.index(scene.color)], tuple(choices))
+    raise ValueError(f"unknown question family {family!r} (expected one of {FAMILIES})")
+
+
 def choice_set(color: str) -> list[str]:
     """The four options of a lettered question about ``color``: its half of the palette, in palette order.
 
@@ -166,8 +262,16 @@ def choice_set(color: str) -> list[str]:
 
 
 def sample(seed: int, split: str, index: int, family: str | None = None,
-           target_side: tuple[int, int] = TARGET_SIDE) -> tuple[Scene, Question]:
-    """Item ``index`` of ``split``: one question (of ``family``, or one drawn at random) and its scene."""
+           target_side: tuple[int, int] = TARGET_SIDE, world: str = "v1") -> tuple[Scene | Scene2, Question]:
+    """Item ``index`` of ``split`` in ``world``: one question (of ``family``, or one drawn at random) and its scene.
+
+    A v2 split's stream is named apart from v1's (``v2/`` prefix), so the worlds share no scenes.
+    """
+    if world == "v2":
+        rng = stream(seed, f"v2/{split}", index)
+        family = family or rng.choice(FAMILIES)
+        scene = make_scene2(rng, target_side)
+        return scene, make_question2(family, scene)
     rng = stream(seed, split, index)
     family = family or rng.choice(FAMILIES)
     scene = make_scene(rng, target_side)
@@ -179,8 +283,8 @@ def training_prompt(question: Question) -> str:
     return question.text + ("\n" + CHOICE_INSTRUCTION if question.family == "sqa" else "")
 
 
-def tokenizer_corpus() -> list[str]:
-    """Every string the toy LLM reads or writes: the prompt template, the questions and the answers."""
+def tokenizer_corpus(world: str = "v1") -> list[str]:
+    """Every string the toy LLM of ``world`` reads or writes: the prompt template, the questions and the answers."""
     from llava.conversation import conv_templates
 
     system = conv_templates["vicuna_v1"].system
@@ -189,6 +293,8 @@ def tokenizer_corpus() -> list[str]:
              CHOICE_CONTEXT, CHOICE_QUESTION, CHOICE_INSTRUCTION,
              "Yes No yes no", " ".join(f"{LETTERS[i % 4]}. {w}" for i, w in enumerate(words))]
     lines += [YESNO_QUESTION, " ".join(WARM)]
+    if world == "v2":
+        lines += [MAJORITY_QUESTION, MAJORITY_YESNO_QUESTION]
     return lines + words
 
 
@@ -220,7 +326,7 @@ def write_textvqa(root: Path, items: list[tuple[Scene, Question]]) -> None:
         _save(render(scene), d / "train_images" / f"{image_id}.jpg")
         questions.append({"question_id": image_id, "image": f"{image_id}.jpg", "text": q.text, "category": "default"})
         data.append({"image_id": image_id, "question_id": i, "question": q.text.split("\n")[0].lower(),
-                     "answers": [q.answer] * 10, "image_classes": [scene.shape], "flickr_original_url": "",
+                     "answers": [q.answer] * 10, "image_classes": [shape for _, shape, _ in scene.colored()], "flickr_original_url": "",
                      "set_name": "val"})
     _jsonl(d / "llava_textvqa_val_v051_ocr.jsonl", questions)
     _json(d / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1",
@@ -248,7 +354,7 @@ def write_sqa(root: Path, items: list[tuple[Scene, Question]]) -> None:
         convs.append({"id": pid, "image": f"{pid}/image.png",
                       "conversations": [{"from": "human", "value": "<image>\n" + q.text},
                                         {"from": "gpt", "value": q.answer}]})
-        problems[pid] = {"question": CHOICE_QUESTION, "choices": list(q.choices), "answer": LETTERS.index(q.answer),
+        problems[pid] = {"question": q.text.split("\n")[1], "choices": list(q.choices), "answer": LETTERS.index(q.answer),
                          "hint": CHOICE_CONTEXT.removeprefix("Context: "), "image": "image.png",
                          "task": "closed choice", "grade": "grade1", "subject": "natural science",
                          "topic": "colors", "category": "Identify colors", "skill": "", "lecture": "",
@@ -261,27 +367,34 @@ def write_sqa(root: Path, items: list[tuple[Scene, Question]]) -> None:
 WRITERS = {"textvqa": write_textvqa, "pope": write_pope, "sqa": write_sqa}
 
 
-def make_toy_benchmarks(root: str | Path, seed: int = 1, questions: int = 510) -> Path:
-    """Write ``questions`` held-out questions, split evenly over the three families, under ``root``."""
+def make_toy_benchmarks(root: str | Path, seed: int = 1, questions: int = 510, world: str = "v1") -> Path:
+    """Write ``questions`` held-out questions of ``world``, split evenly over the three families, under ``root``."""
     root = Path(root)
     per_family = -(-questions // len(FAMILIES))
-    for f, family in enumerate(FAMILIES):
-        items = [sample(seed, f"eval-{family}", i, family) for i in range(per_family)]
+    for family in FAMILIES:
+        items = [sample(seed, f"eval-{family}", i, family, world=world) for i in range(per_family)]
         WRITERS[family](root, items)
-    (root / "toy_world.json").write_text(json.dumps({"seed": seed, "questions_per_family": per_family}))
+    (root / "toy_world.json").write_text(json.dumps(stamp(seed, per_family, world)))
     return root
+
+
+def stamp(seed: int, per_family: int, world: str) -> dict:
+    """What ``toy_world.json`` records of a benchmark folder (v1's folders keep their old two keys)."""
+    return {"seed": seed, "questions_per_family": per_family, **({"world": world} if world != "v1" else {})}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", help="benchmark root to fill (textvqa/, pope/, sqa/ as in playground/data/eval)")
+    parser.add_argument("--world", choices=WORLDS, default="v1",
+                        help="v1: one coloured target; v2: 3–4 coloured shapes, the colour most of them have")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the scenes and questions (default 1; the shipped model was trained on seed 0's "
                              "training stream, which no evaluation split shares)")
     parser.add_argument("--questions", type=int, default=510,
                         help="held-out questions in all, split evenly over textvqa, pope and sqa (default 510)")
     args = parser.parse_args(argv)
-    print(f"toy benchmarks written to {make_toy_benchmarks(args.out_dir, args.seed, args.questions)}")
+    print(f"toy benchmarks written to {make_toy_benchmarks(args.out_dir, args.seed, args.questions, args.world)}")
 
 
 if __name__ == "__main__":

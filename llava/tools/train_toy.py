@@ -1,6 +1,6 @@
 """Train the toy world's LLaVA-1.5 on CPU in minutes and save it in the original liuhaotian layout.
 
-    python -m llava.tools.train_toy --out checkpoints/llava-v1.5-toy [--seed 0]
+    python -m llava.tools.train_toy --out checkpoints/llava-v1.5-toy [--seed 0] [--world v2]
 
 Two stages, as the toy world needs them (``llava.tools.toy_world`` makes the scenes):
 
@@ -13,6 +13,9 @@ Two stages, as the toy world needs them (``llava.tools.toy_world`` makes the sce
    and ``</s>`` as labels, through ``LlavaLlamaForCausalLM``'s own multimodal forward on the penultimate tower
    layer's patches: all 576 in half the steps, a random subset holding the target in the other half (``train_llm`` says
    why; unlike LLaVA, which always trains on all 576).
+
+In the v2 world (``--world v2``: 3–4 coloured shapes, questions about the colour most of them have) stage 1 names
+that colour from [CLS], so [CLS] learns to look at all the coloured shapes, and stage 2's subsets hold all of them.
 
 Both stages start with large targets that shrink to the toy world's size (``curriculum``). Every batch is freshly
 generated, so nothing is seen twice; the evaluation splits come from other random streams. The run is
@@ -73,26 +76,31 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def curriculum(step: int, steps: int) -> tuple[int, int]:
-    """Target side range (px) at ``step``: from 88–96 px shrinking linearly to the toy world's 28–36 over the first
-    half of the steps, then the toy world's.
+def curriculum(step: int, steps: int, start: int = 96) -> tuple[int, int]:
+    """Target side range (px) at ``step``: from 88–96 px (``start``) shrinking linearly to the toy world's 28–36
+    over the first half of the steps, then the toy world's. v2 starts at 64 px: four 96-px shapes barely fit
+    apart in 336 px.
 
     A target a few patches wide is a needle among 576 tokens: a tiny model trained from scratch on it sits on a
     plateau for hundreds of steps. Large targets first teach the tower and the LLM where to look within tens.
     """
     lo, hi = toy_world.TARGET_SIDE
-    top = round(96 + (hi - 96) * min(1.0, step / (0.5 * steps)))
+    top = round(start + (hi - start) * min(1.0, step / (0.5 * steps)))
     return max(lo, top - (hi - lo)), top
 
 
-def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict):
+CURRICULUM_START = {"v1": 96, "v2": 64}
+
+
+def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict, world: str = "v1"):
     """Stage 1: a CLIP tower and a colour head on [CLS] at the layer LLaVA reads (``mm_vision_select_layer``).
 
     The head reads ``hidden_states[-2][:, 0]`` (LayerNorm + linear), so the target's colour reaches [CLS] only
     through that layer's attention, the one FasterVLM scores with, and the patches' outputs play no part in the
     loss. Read from the last layer instead, the tower learns to copy the colour into every patch first (the
     patches feed the last layer's [CLS]), and then random patches answer as well as the target's. The last layer
-    keeps its initial weights: LLaVA never runs it. Returns the tower; ``log["tower"]`` gets the curves.
+    keeps its initial weights: LLaVA never runs it. In v2 the colour is the one most shapes have, which needs
+    several shapes. Returns the tower; ``log["tower"]`` gets the curves.
     """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -105,13 +113,15 @@ def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict):
     losses, accs = [], []
     bar = tqdm(range(steps), desc="stage 1: tower from [CLS]", unit="step")
     for step in bar:
-        side = curriculum(step, steps)
-        scenes = [toy_world.make_scene(toy_world.stream(seed, "train-tower", step * batch_size + i), side)
-                  for i in range(batch_size)]
+        side = curriculum(step, steps, CURRICULUM_START[world])
+        scenes = [toy_world.sample(seed, "train-tower", step * batch_size + i, "textvqa", side, world)[0]
+                  for i in range(batch_size)] if world == "v2" else \
+            [toy_world.make_scene(toy_world.stream(seed, "train-tower", step * batch_size + i), side)
+             for i in range(batch_size)]
         x = pixel_values([toy_world.render(s) for s in scenes])
-        y = torch.tensor([COLORS.index(s.color) for s in scenes])
         cls = tower(pixel_values=x, output_hidden_states=True).hidden_states[-2][:, 0]  # (B, C)
         logits = head(cls)  # (B, colours)
+        y = torch.tensor([COLORS.index(s.color) for s in scenes])
         loss = F.cross_entropy(logits, y)
         opt.zero_grad()
         loss.backward()
@@ -126,16 +136,23 @@ def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict):
 
 
 @torch.no_grad()
-def cls_recall(tower, seed: int, images: int = 128, k: int = 58) -> tuple[float, float]:
+def cls_recall(tower, seed: int, images: int = 128, k: int = 58, world: str = "v1") -> tuple[float, float]:
     """How well FasterVLM's score finds the target on fresh scenes, for ``tower`` (a ``CLIPVisionTower``).
 
     Returns the mean fraction of the target's patches among the top-``k`` by head-mean [CLS] attention, and the
-    fraction of images with at least one of them there (random selection: ``k``/576 and ~1 − (1 − ``k``/576)^9).
+    fraction of images with at least one of them there (random selection: ``k``/576 and ~1 − (1 − ``k``/576)^9);
+    in v2 the second is the fraction of images with a patch of *every* coloured shape there.
     """
-    scenes = [toy_world.make_scene(toy_world.stream(seed, "recall", i)) for i in range(images)]
+    if world == "v2":
+        scenes = [toy_world.sample(seed, "recall", i, "textvqa", world=world)[0] for i in range(images)]
+    else:
+        scenes = [toy_world.make_scene(toy_world.stream(seed, "recall", i)) for i in range(images)]
     _, cls_attn = tower(pixel_values([toy_world.render(s) for s in scenes]))  # (B, H, N)
     top = cls_attn.mean(dim=1).topk(k, dim=-1).indices
     found = [len(set(s.target_patches()) & set(t.tolist())) / len(s.target_patches()) for s, t in zip(scenes, top)]
+    if world == "v2":
+        every = [all(set(p) & set(t.tolist()) for p in s.shape_patches()) for s, t in zip(scenes, top)]
+        return float(np.mean(found)), float(np.mean(every))
     return float(np.mean(found)), float(np.mean([f > 0 for f in found]))
 
 
@@ -228,7 +245,8 @@ def subset_size(rng: random.Random) -> int:
     return round(math.exp(rng.uniform(math.log(29), math.log(toy_world.PATCHES))))
 
 
-def train_llm(model, tokenizer, seed: int, steps: int, batch_size: int, lr: float, log: dict) -> None:
+def train_llm(model, tokenizer, seed: int, steps: int, batch_size: int, lr: float, log: dict,
+              world: str = "v1") -> None:
     """Stage 2: projector + LLM on the question families, the tower frozen; ``log["llm"]`` gets the curves.
 
     The first quarter of the steps are short answers only, LLaVA's feature-alignment stage in spirit (learn to say
@@ -238,7 +256,8 @@ def train_llm(model, tokenizer, seed: int, steps: int, batch_size: int, lr: floa
     tokens only does not: given just the target's patches it names the colour half the time (measured, TextVQA
     family, 144 or 58 tokens holding every target patch: 47–55 %). The subsets know nothing of [CLS]. They always
     hold the target because subsets without it teach the LLM to guess the colour from the traces the tower's
-    attention leaves in other patches (measured: uniform subsets gave random pruning 82 % at 58 tokens).
+    attention leaves in other patches (measured: uniform subsets gave random pruning 82 % at 58 tokens). In v2
+    they hold every coloured shape, so a subset is at least as large as their patches.
     """
     torch.manual_seed(seed + 1)
     for layer in model.get_model().mm_projector:  # PyTorch's default init: LLaMA's 0.02 leaves the image too faint
@@ -254,11 +273,13 @@ def train_llm(model, tokenizer, seed: int, steps: int, batch_size: int, lr: floa
     bar = tqdm(range(steps), desc="stage 2: projector + LLM", unit="step")
     for step in bar:
         family = family_at(step, steps)
-        side = curriculum(step, steps)
-        items = [toy_world.sample(seed, "train-llm", step * batch_size + i, family, side) for i in range(batch_size)]
+        side = curriculum(step, steps, CURRICULUM_START[world])
+        items = [toy_world.sample(seed, "train-llm", step * batch_size + i, family, side, world)
+                 for i in range(batch_size)]
         subsets.targets = [s.target_patches() for s, _ in items]
         model.set_pruning_method(subsets)
-        model.set_visual_token_num(subset_size(sizes) if step >= steps // 4 and step % 2 else None)
+        size = max(subset_size(sizes), max(map(len, subsets.targets))) if world == "v2" else subset_size(sizes)
+        model.set_visual_token_num(size if step >= steps // 4 and step % 2 else None)
         ids, mask, labels = encode(tokenizer, [q for _, q in items])
         x = pixel_values([toy_world.render(s) for s, _ in items])
         out = model(input_ids=ids, attention_mask=None if bool(mask.all()) else mask, labels=labels, images=x)
@@ -306,7 +327,7 @@ def plot_curves(log: dict, path: Path) -> None:
 
 def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int = 200, llm_steps: int = 600,
               batch_size: int = 32, llm_batch_size: int = 16, tower_lr: float = 2e-3, llm_lr: float = 3e-3,
-              threads: int = 2) -> Path:
+              threads: int = 2, world: str = "v1") -> Path:
     """Train both stages and write the checkpoint folder; returns its path."""
     from llava.model.builder import load_tokenizer
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
@@ -317,11 +338,11 @@ def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int = 200, llm_st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wall, cpu = time.perf_counter(), time.process_time()
-    vocab_size = train_tokenizer(out_dir, toy_world.tokenizer_corpus(), VOCAB_SIZE)
+    vocab_size = train_tokenizer(out_dir, toy_world.tokenizer_corpus(world), VOCAB_SIZE)
     tokenizer = load_tokenizer(out_dir)
 
     log: dict = {}
-    tower = train_tower(seed, tower_steps, batch_size, tower_lr, log)
+    tower = train_tower(seed, tower_steps, batch_size, tower_lr, log, world)
     side = TOWER["image_size"]
     save_tower(tower, out_dir / "vision_tower")
     CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(
@@ -334,15 +355,15 @@ def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int = 200, llm_st
     torch.manual_seed(seed + 2)
     model = LlavaLlamaForCausalLM(llava)
     model.get_vision_tower().load_model()  # the tower just saved, frozen
-    recall, hit = cls_recall(model.get_vision_tower(), seed)
-    train_llm(model, tokenizer, seed, llm_steps, llm_batch_size, llm_lr, log)
+    recall, hit = cls_recall(model.get_vision_tower(), seed, world=world)
+    train_llm(model, tokenizer, seed, llm_steps, llm_batch_size, llm_lr, log, world)
 
     state = {k: v.to(torch.float16).contiguous() for k, v in model.state_dict().items()
              if not k.startswith("model.vision_tower.")}  # LLaVA-1.5 checkpoints hold no tower weights
     _save_sharded(state, out_dir, "safetensors")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     log["summary"] = {
-        "seed": seed, "threads": threads, "batch_size": batch_size, "llm_batch_size": llm_batch_size, "tower_steps": tower_steps, "llm_steps": llm_steps,
+        **({"world": world} if world != "v1" else {}), "seed": seed, "threads": threads, "batch_size": batch_size, "llm_batch_size": llm_batch_size, "tower_steps": tower_steps, "llm_steps": llm_steps,
         "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
         "tower_wall_s": round(stage1, 1), "final_tower_accuracy": float(np.mean(log["tower"]["accuracy"][-10:])),
         "target_recall_top58": recall, "target_hit_top58": hit,
@@ -356,6 +377,9 @@ def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int = 200, llm_st
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="checkpoint folder to write (e.g. checkpoints/llava-v1.5-toy)")
+    parser.add_argument("--world", choices=toy_world.WORLDS, default="v1",
+                        help="v1: one coloured target (llava/toy/llava-v1.5-toy); v2: 3–4 coloured shapes, the colour most have, "
+                             "questions needing all of them (llava/toy/llava-v1.5-toy-v2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training scenes (default 0)")
     parser.add_argument("--tower-steps", type=int, default=200, help="stage 1 optimiser steps (default 200)")
     parser.add_argument("--llm-steps", type=int, default=600, help="stage 2 optimiser steps (default 600)")
@@ -367,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU threads (default 2); the weights are reproducible for a given seed and thread count")
     args = parser.parse_args(argv)
     path = train_toy(args.out, args.seed, args.tower_steps, args.llm_steps, args.batch_size, args.llm_batch_size,
-                     args.tower_lr, args.llm_lr, args.threads)
+                     args.tower_lr, args.llm_lr, args.threads, args.world)
     summary = json.loads((path / "training.json").read_text())["summary"]
     print(f"toy LLaVA written to {path} in {summary['wall_s']:.0f} s ({summary['cpu_s']:.0f} s CPU); "
           f"[CLS] top-58 holds {100 * summary['target_recall_top58']:.0f} % of the target's patches (random: 10 %); "
