@@ -4,9 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from packaging import version
 
-from llava.compat import TRANSFORMERS_VERSION
+from llava.compat import BEYOND_TESTED_PREFIX, TRANSFORMERS_VERSION
 from llava.pruning.llm import IN_LLM_MIN_TRANSFORMERS
 
 # In-LLM pruning (FastV, cls-llm-layer2, AdaptPrune) needs a newer transformers than the rest; below it, its tests
@@ -18,10 +19,32 @@ requires_in_llm = pytest.mark.skipif(not IN_LLM_SUPPORTED,
 # Under pytest-xdist (-n 2 on CI's 2 cores) every worker gets one thread, and so do the CLIs the tests start:
 # a worker with torch's default of one thread per core would oversubscribe the machine.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+
+# Where the suite's models run: FASTERVLM_TEST_DEVICE (cpu, cuda, cuda:N) and FASTERVLM_TEST_DTYPE (the LLM's
+# dtype). Tests marked `gpu` take them through the fixtures below and DEVICE_ARGS; `-m gpu` selects those tests.
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_device_name = os.environ.get("FASTERVLM_TEST_DEVICE", "cpu")
+_dtype_name = os.environ.get("FASTERVLM_TEST_DTYPE", "float32")
+if _dtype_name not in _DTYPES:
+    raise pytest.UsageError(f"FASTERVLM_TEST_DTYPE={_dtype_name!r}: expected one of {', '.join(_DTYPES)}")
+try:
+    TEST_DEVICE = torch.device(_device_name)
+except RuntimeError as e:
+    raise pytest.UsageError(f"FASTERVLM_TEST_DEVICE={_device_name!r}: {e}") from None
+if TEST_DEVICE.type not in ("cpu", "cuda"):
+    raise pytest.UsageError(f"FASTERVLM_TEST_DEVICE={_device_name!r}: expected cpu, cuda or cuda:N")
+TEST_DTYPE = _DTYPES[_dtype_name]
+# The CLIs' flags for the same placement.
+DEVICE_ARGS = ["--device", str(TEST_DEVICE), "--dtype", _dtype_name]
+# assert_close tolerances for comparing a model run at TEST_DTYPE (or on CUDA) with an fp32 CPU reference: about
+# ten units in the last place of the dtype's mantissa, over a few layers of accumulation.
+TOLERANCES = {torch.float32: {"atol": 1e-4, "rtol": 1e-4}, torch.float16: {"atol": 2e-2, "rtol": 2e-2},
+              torch.bfloat16: {"atol": 1e-1, "rtol": 1e-1}}
+# Exact float32 equality still holds on the CPU; CUDA fp32 (TF32 convolutions, other kernels) needs float16's.
+TOLERANCE = TOLERANCES[TEST_DTYPE if TEST_DTYPE != torch.float32 or TEST_DEVICE.type == "cpu" else torch.float16]
+REDUCED = TEST_DTYPE != torch.float32 or TEST_DEVICE.type != "cpu"  # another arithmetic than CPU fp32
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FASTERVLM_SHARED", ROOT.parent / "shared"))
@@ -45,11 +68,44 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_ckpt):
-    """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint on CPU, fp32."""
+def device() -> torch.device:
+    """FASTERVLM_TEST_DEVICE (default cpu)."""
+    return TEST_DEVICE
+
+
+@pytest.fixture(scope="session")
+def dtype() -> torch.dtype:
+    """FASTERVLM_TEST_DTYPE (default float32): the LLM dtype of the suite's models."""
+    return TEST_DTYPE
+
+
+# What tests change on the shared tiny model (budget, method, anyres protocol, padding side...): reset before
+# each test so that results do not depend on test order.
+_MODEL_ATTRS = ("visual_token_num", "pruning_method", "last_pruning")
+
+
+@pytest.fixture(scope="session")
+def _tiny_loaded(tiny_ckpt):
     from llava.model.builder import load_pretrained_model
 
-    return load_pretrained_model(str(tiny_ckpt), None, "llava-v1.5-tiny", device="cpu")
+    loaded = load_pretrained_model(str(tiny_ckpt), None, "llava-v1.5-tiny", device=str(TEST_DEVICE), dtype=TEST_DTYPE)
+    model = loaded[1]
+    return loaded, {name: getattr(model, name) for name in _MODEL_ATTRS}, dict(vars(model.config))
+
+
+@pytest.fixture
+def tiny_model(_tiny_loaded):
+    """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint on the test device and dtype,
+    loaded once per session and reset to its loaded state (attributes and config) for every test."""
+    loaded, attrs, config = _tiny_loaded
+    model = loaded[1]
+    for name, value in attrs.items():
+        setattr(model, name, value)
+    for key in set(vars(model.config)) - set(config):
+        delattr(model.config, key)
+    vars(model.config).update(config)
+    model.eval()
+    return loaded
 
 
 def cli_error(module: str, *args: str) -> str:
@@ -58,5 +114,8 @@ def cli_error(module: str, *args: str) -> str:
     result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.startswith("error: ")
-    return result.stderr
+    # A torch/transformers newer than CI has passed on adds its one note line (llava.compat) before the error.
+    stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
+                     if not line.startswith(BEYOND_TESTED_PREFIX))
+    assert stderr.startswith("error: ")
+    return stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, CLIPVisionConfig, LlamaTokenizer
 
+from llava.compat import note_untested_stack
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.eval.utils import InputError
 from llava.mm_utils import ANYRES_PROTOCOLS
@@ -237,6 +238,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     """
     method = get_method(pruning_method, **(pruning_kwargs or {}))  # [FasterVLM] fail before loading any weights
     check_installed(method)
+    note_untested_stack()
     if is_video_llava(model_path):
         if method.name != "fastervlm":
             raise NotImplementedError(f"pruning method {method.name!r}: Video-LLaVA supports only fastervlm")

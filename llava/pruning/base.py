@@ -14,15 +14,28 @@ import torch
 import torch.nn as nn
 
 
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[FasterVLM] Indices of the ``k`` highest ``scores`` along the last dim, highest first; equal scores go to
+    the lower index.
+
+    ``scores``: (..., N) → (..., k). Upstream's ``topk`` leaves ties unordered, and in fp16/bf16 head-mean scores
+    often tie at the k boundary: CPU and CUDA (and CUDA at different batch sizes) then keep different patches.
+    A stable descending sort keeps equal scores in index order, so the kept set is the same on every device,
+    dtype path and batch size; without ties it equals ``topk``'s.
+    """
+    return scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+
+
 def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row, returned in ascending (raster) order.
+    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row (ties: lower index, see :func:`topk_indices`),
+    returned in ascending (raster) order.
 
     ``scores``: (B, N) → (B, k). Sorting restores the original spatial order of the kept patches.
     """
     n = scores.shape[-1]
     if not 0 <= k <= n:
         raise ValueError(f"visual_token_num={k} is out of range: the vision tower yields {n} patches per image")
-    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+    return topk_indices(scores, k).sort(dim=-1).values
 
 
 @dataclass(frozen=True)
