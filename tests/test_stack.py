@@ -123,3 +123,24 @@ def test_every_method_batch_two_equals_batch_one(tiny_model, method):
     model.set_pruning_method(method, **params)  # random: the same seed, so the batch draws what the two runs drew
     assert generate_batch(model, tokenizer, processor, prompts, images, gen)[0] == one
     assert all(torch.equal(a, b) for a, b in zip(model.last_pruning.kept_indices, kept))
+
+
+# --------------------------------------------------------------------------- lmms-eval under accelerate launch
+
+
+def test_lmms_model_placement_follows_the_launcher():
+    """accelerate launch / torchrun set RANK, WORLD_SIZE and LOCAL_RANK: each process takes its rank (lmms-eval
+    shards requests by it) and its own GPU; an explicit device is taken as given."""
+    from llava.eval.lmms_model import Placement, placement
+    from llava.eval.utils import InputError
+
+    two = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}
+    assert placement(None, two, True) == Placement(3, 4, torch.device("cuda", 1))
+    assert placement("cuda", two, True) == Placement(3, 4, torch.device("cuda", 1))
+    assert placement("cuda:0", two, True).device == torch.device("cuda", 0)
+    assert placement(None, two, False) == Placement(3, 4, torch.device("cpu"))
+    assert placement(None, {}, True) == Placement(0, 1, torch.device("cuda", 0))
+    with pytest.raises(InputError, match="RANK=4 is outside WORLD_SIZE=4"):
+        placement(None, {**two, "RANK": "4"}, True)
+    with pytest.raises(InputError, match="device='gpu'"):
+        placement("gpu", {}, True)
