@@ -144,3 +144,17 @@ def test_lmms_model_placement_follows_the_launcher():
         placement(None, {**two, "RANK": "4"}, True)
     with pytest.raises(InputError, match="device='gpu'"):
         placement("gpu", {}, True)
+
+
+def test_tie_check_on_the_cpu(tmp_path):
+    """The GPU session's CPU↔device check, run on the CPU alone: every number present and in [0, 1]."""
+    from llava.bench import tie_check
+
+    result = tie_check.main(["--device", "cpu", "--images", "4", "--questions", "1", "--budgets", "58",
+                             "--out", str(tmp_path / "t.json")])
+    [row] = result["budgets"]
+    assert row["kept_per_image"] == 58 and row["tie_at_boundary"]["cpu_fp32"] == 0.0
+    numbers = [*row["kept_same_as_cpu_fp32"].values(), *row["rule_differs_from_topk"].values(),
+               *result["answers_same_as_cpu_fp32"].values()]
+    assert numbers and all(0 <= v <= 1 for v in numbers)
+    assert (tmp_path / "t.json").is_file()
