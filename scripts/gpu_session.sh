@@ -36,7 +36,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 if [[ $DRY == 1 ]]; then
-    DEVICE=cpu DTYPES="float32 bfloat16" BATCHES="1 2" METHODS="fastervlm fastv" QUESTIONS=2
+    DEVICE=cpu DTYPES="bfloat16" BATCHES="1 2" METHODS="fastervlm fastv" QUESTIONS=2
 else
     DEVICE=cuda DTYPES="float16 bfloat16" BATCHES="1 4" METHODS="" QUESTIONS=8  # METHODS empty: all registered
 fi

@@ -158,3 +158,26 @@ def test_tie_check_on_the_cpu(tmp_path):
                *result["answers_same_as_cpu_fp32"].values()]
     assert numbers and all(0 <= v <= 1 for v in numbers)
     assert (tmp_path / "t.json").is_file()
+
+
+def test_gpu_session_dry_run(tmp_path):
+    """scripts/gpu_session.sh --dry-run: every step of the GPU session, shrunk, on the CPU; results under $OUT."""
+    import csv
+    import json
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(["bash", "scripts/gpu_session.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = list(csv.DictReader((tmp_path / "steps.tsv").open(), delimiter="\t"))
+    assert [(s["step"], s["rc"]) for s in steps] == [(name, "0") for name in
+                                                     ("versions", "gpu_tests", "clis", "tie_check", "textvqa",
+                                                      "gpu_check")]
+    cells = list(csv.DictReader((tmp_path / "clis.tsv").open(), delimiter="\t"))
+    assert len(cells) == 4 and all(c["result"] == "ok" for c in cells)
+    for method in ("fastervlm", "fastv"):  # batch 2 answers what batch 1 answers
+        assert len({c["answers"] for c in cells if c["method"] == method}) == 1
+    assert json.loads((tmp_path / "tie_check.json").read_text())["budgets"][0]["kept_per_image"] == 58
+    assert (tmp_path / "n_58.json").is_file() and (tmp_path / "gpu_check" / "gpu_check.json").is_file()
