@@ -89,7 +89,7 @@ clis() {
 import json, sys, time, traceback
 from pathlib import Path
 from llava.eval import model_vqa_loader
-from llava.pruning import available_methods, get_method
+from llava.pruning import available_methods, check_installed, get_method
 
 work, table, device, dtypes, batches, methods = Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:]
 attentions = ["sdpa"]
@@ -106,6 +106,11 @@ with table.open("w") as out:
         params = {"fastv": ["--fastv-k", "1"], "adaptprune": ["--adaptprune-k", "1"]}.get(method, [])
         if method == "cls-llm-layer2":  # it prunes before layer 2, and the tiny LLM has 2 layers
             out.write(f"{method}\t-\t-\t-\tnot run: the tiny LLM has 2 layers\t0\t[]\n")
+            continue
+        try:
+            check_installed(get_method(method))
+        except NotImplementedError as e:  # an in-LLM method under an older transformers
+            out.write(f"{method}\t-\t-\t-\tnot run: {e}\t0\t[]\n")
             continue
         for dtype in dtypes.split():
             for batch in batches.split():

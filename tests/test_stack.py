@@ -176,8 +176,10 @@ def test_gpu_session_dry_run(tmp_path):
                                                      ("versions", "gpu_tests", "clis", "tie_check", "textvqa",
                                                       "gpu_check")]
     cells = list(csv.DictReader((tmp_path / "clis.tsv").open(), delimiter="\t"))
-    assert len(cells) == 4 and all(c["result"] == "ok" for c in cells)
-    for method in ("fastervlm", "fastv"):  # batch 2 answers what batch 1 answers
+    ran = ("fastervlm", "fastv") if IN_LLM_SUPPORTED else ("fastervlm",)
+    assert [c["method"] for c in cells if c["result"] == "ok"] == [m for m in ran for _ in range(2)]
+    assert IN_LLM_SUPPORTED or cells[-1]["result"].startswith("not run: in-LLM pruning")
+    for method in ran:  # batch 2 answers what batch 1 answers
         assert len({c["answers"] for c in cells if c["method"] == method}) == 1
     assert json.loads((tmp_path / "tie_check.json").read_text())["budgets"][0]["kept_per_image"] == 58
     assert (tmp_path / "n_58.json").is_file() and (tmp_path / "gpu_check" / "gpu_check.json").is_file()
