@@ -74,32 +74,40 @@ def dtype() -> torch.dtype:
 
 
 # What tests change on the shared tiny model (budget, method, anyres protocol, padding side...): reset before
-# each test so that results do not depend on test order.
+# each test so that results do not depend on test order. Filled when the model is first loaded.
 _MODEL_ATTRS = ("visual_token_num", "pruning_method", "last_pruning")
+_LOADED_STATE: list[tuple] = []
 
 
 @pytest.fixture(scope="session")
-def _tiny_loaded(tiny_ckpt):
+def tiny_model(tiny_ckpt):
+    """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint on the test device and dtype,
+    loaded once per session; every test starts from its loaded state (attributes and config)."""
     from llava.model.builder import load_pretrained_model
 
     loaded = load_pretrained_model(str(tiny_ckpt), None, "llava-v1.5-tiny", device=str(TEST_DEVICE), dtype=TEST_DTYPE)
     model = loaded[1]
-    return loaded, {name: getattr(model, name) for name in _MODEL_ATTRS}, dict(vars(model.config))
-
-
-@pytest.fixture
-def tiny_model(_tiny_loaded):
-    """``(tokenizer, model, image_processor, context_len)`` of the tiny checkpoint on the test device and dtype,
-    loaded once per session and reset to its loaded state (attributes and config) for every test."""
-    loaded, attrs, config = _tiny_loaded
-    model = loaded[1]
-    for name, value in attrs.items():
-        setattr(model, name, value)
-    for key in set(vars(model.config)) - set(config):
-        delattr(model.config, key)
-    vars(model.config).update(config)
-    model.eval()
+    _LOADED_STATE.append((model, {name: getattr(model, name) for name in _MODEL_ATTRS}, dict(vars(model.config))))
     return loaded
+
+
+def _restore_loaded_state() -> None:
+    for model, attrs, config in _LOADED_STATE:
+        for name, value in attrs.items():
+            setattr(model, name, value)
+        for key in set(vars(model.config)) - set(config):
+            delattr(model.config, key)
+        vars(model.config).update(config)
+        model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _reset_tiny_model():
+    """Put the shared tiny model back in its loaded state before and after each test: after, so that a
+    module-scoped fixture built on it next starts from that state too."""
+    _restore_loaded_state()
+    yield
+    _restore_loaded_state()
 
 
 def cli_error(module: str, *args: str) -> str:
