@@ -166,9 +166,9 @@ def test_checkpoint_keeps_the_evaluation_tower_dtype_and_times_any_method(tiny_c
     flag, low = ("fp16", torch.float16) if dtype == torch.float16 else ("bf16", torch.bfloat16)
     result = latency.main(["--model-path", str(tiny_ckpt), "--device", str(device), "--dtype", flag,
                            "--repeats", "1", "--warmup", "0", "--new-tokens", "3", "--kept", "29",
-                           "--pruning-method", "fastv", "--fastv-k", "1"])
+                           "--pruning-method", "adaptprune-cls", "--adaptprune-radius", "4"])
     assert result["tower_dtype"] == "float32" and result["dtype"] == str(low).removeprefix("torch.")
-    assert result["pruning_method"] == "FastV(k=1, score='last')"
+    assert result["pruning_method"].startswith("AdaptPruneCLS(") and "radius=4.0" in result["pruning_method"]
     assert not [w for w in recwarn if "past_key_values" in str(w.message)]
 
 
