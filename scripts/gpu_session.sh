@@ -153,7 +153,7 @@ textvqa() {
 
 export DRY PY OUT WORK DEVICE DTYPES BATCHES METHODS QUESTIONS
 export -f versions gpu_tests clis textvqa
-step versions 30 versions
+step versions 60 versions
 step gpu_tests 150 gpu_tests
 step clis 90 clis
 if [[ $DRY == 1 ]]; then
