@@ -8,14 +8,69 @@ instead of testing version numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import platform
+import sys
 
+import torch
 import transformers
 from packaging import version
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaModel
 
 TRANSFORMERS_VERSION = version.parse(transformers.__version__)
+TORCH_VERSION = version.parse(torch.__version__)
+
+# The newest releases the whole suite passed on (pyproject.toml sets floors only). torch 2.15.0 + transformers
+# 5.25.0: the full suite, 2026-12-06 (789 passed); .ci/run's README lane takes torch 2.14.1 + the newest
+# transformers. Raise these after the suite passes on a newer release.
+NEWEST_TESTED_TORCH = "2.15.0"
+NEWEST_TESTED_TRANSFORMERS = "5.25.0"
+# How a top-k of patches breaks ties (llava.pruning.base.topk_indices), for run manifests.
+TOPK_TIE_RULE = "equal scores keep the lower patch index (stable descending sort)"
+
+
+@dataclasses.dataclass(frozen=True)
+class StackFacts:
+    """The installed stack, as a run manifest records it. ``beyond_tested``: the packages newer than the newest
+    release CI passed on (empty when all are within)."""
+
+    python: str
+    torch: str
+    transformers: str
+    newest_tested_torch: str
+    newest_tested_transformers: str
+    beyond_tested: tuple[str, ...]
+    topk_tie_rule: str
+
+
+def _beyond(installed: version.Version, tested: str) -> bool:
+    # Compare releases only: 2.15.0+cu130 is 2.15.0, a 2.16 nightly is beyond 2.15.
+    return version.parse(installed.base_version) > version.parse(tested)
+
+
+def stack_facts() -> StackFacts:
+    """Python, torch and transformers versions, the newest pair CI passed on, and which installed ones are newer."""
+    beyond = tuple(name for name, installed, tested in (("torch", TORCH_VERSION, NEWEST_TESTED_TORCH),
+                                                         ("transformers", TRANSFORMERS_VERSION,
+                                                          NEWEST_TESTED_TRANSFORMERS))
+                   if _beyond(installed, tested))
+    return StackFacts(platform.python_version(), torch.__version__, transformers.__version__, NEWEST_TESTED_TORCH,
+                      NEWEST_TESTED_TRANSFORMERS, beyond, TOPK_TIE_RULE)
+
+
+BEYOND_TESTED_PREFIX = "note: untested stack:"
+
+
+@functools.cache
+def note_untested_stack() -> StackFacts:
+    """Print one line to stderr, once per process, when torch or transformers is newer than CI has passed on."""
+    facts = stack_facts()
+    if facts.beyond_tested:
+        print(f"{BEYOND_TESTED_PREFIX} torch {facts.torch}, transformers {facts.transformers} (newest tested: torch "
+              f"{facts.newest_tested_torch}, transformers {facts.newest_tested_transformers})", file=sys.stderr)
+    return facts
 
 
 def _cache_name(fn) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -153,3 +155,26 @@ def test_bad_flags(tiny_ckpt, flags, message):
 def test_every_flag_has_help():
     for action in latency.build_parser()._actions:
         assert action.help, action.option_strings
+
+
+@pytest.mark.gpu
+def test_checkpoint_keeps_the_evaluation_tower_dtype_and_times_any_method(tiny_ckpt, device, dtype, recwarn):
+    """A real checkpoint runs its tower as evaluation does (fp32 for LLaVA-1.5) whatever --dtype the LLM takes, the
+    method comes from --pruning-method and its flags, and decoding passes the KV cache under the installed name
+    (no deprecation warning per step)."""
+    # A reduced-precision LLM, so that a tower following --dtype would show.
+    flag, low = ("fp16", torch.float16) if dtype == torch.float16 else ("bf16", torch.bfloat16)
+    result = latency.main(["--model-path", str(tiny_ckpt), "--device", str(device), "--dtype", flag,
+                           "--repeats", "1", "--warmup", "0", "--new-tokens", "3", "--kept", "29",
+                           "--pruning-method", "adaptprune-cls", "--adaptprune-radius", "4"])
+    assert result["tower_dtype"] == "float32" and result["dtype"] == str(low).removeprefix("torch.")
+    assert result["pruning_method"].startswith("AdaptPruneCLS(") and "radius=4.0" in result["pruning_method"]
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)]
+
+
+def test_flag_of_another_method_is_one_error_line():
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "llava.bench.latency", "--tiny", "--device", "cpu",
+                             "--fastv-k", "1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("error: --fastv-k applies to --pruning-method")

@@ -243,3 +243,12 @@ def test_video_question_equals_our_video_cli(tmp_path):
                     str(tmp_path / "cli.jsonl"), "--device", "cpu", "--max-new-tokens", "6", "--visual-token-num", "13",
                     "--protocol", "greedy"])
     assert answer == [json.loads(line)["pred"] for line in (tmp_path / "cli.jsonl").read_text().splitlines()]
+
+
+def test_accelerate_launch_rank_and_device(tiny_ckpt, monkeypatch):
+    """A process of a faked two-process launch: lmms-eval reads rank and world size from the model to shard."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    lm = FasterVLM(pretrained=str(tiny_ckpt), visual_token_num=29, device="cpu")
+    assert (lm.rank, lm.world_size, lm.device) == (1, 2, torch.device("cpu"))

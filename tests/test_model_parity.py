@@ -77,24 +77,26 @@ def test_greedy_generation_matches_reference(models, k):
     assert len(ref) >= 2
 
 
-def test_kept_tokens_are_in_raster_order_and_top_scored(tiny_model):
+@pytest.mark.gpu
+def test_kept_tokens_are_in_raster_order_and_top_scored(tiny_model, device, dtype):
     tokenizer, model, processor, _ = tiny_model
-    pixels = process_images([make_image(3)], processor, model.config)
+    pixels = process_images([make_image(3)], processor, model.config).to(device, dtype)  # as the CLIs pass them
     model.set_visual_token_num(58)
-    model(prompt_ids(tokenizer, QUESTIONS[0]), images=pixels)
+    model(prompt_ids(tokenizer, QUESTIONS[0]).to(device), images=pixels)
     info = model.last_pruning
     kept = info.kept_indices[0]
     assert torch.all(kept[1:] > kept[:-1])
-    dropped = torch.ones(N, dtype=torch.bool)
+    dropped = torch.ones(N, dtype=torch.bool, device=kept.device)
     dropped[kept] = False
     assert info.cls_attn[0, kept].min() >= info.cls_attn[0, dropped].max()
 
 
-def test_labels_and_loss_with_images(tiny_model):
+@pytest.mark.gpu
+def test_labels_and_loss_with_images(tiny_model, device, dtype):
     """A training-style forward with labels: visual positions are ignored, text positions scored."""
     tokenizer, model, processor, _ = tiny_model
-    pixels = process_images([make_image(4)], processor, model.config)
-    ids = prompt_ids(tokenizer, QUESTIONS[0])
+    pixels = process_images([make_image(4)], processor, model.config).to(device, dtype)
+    ids = prompt_ids(tokenizer, QUESTIONS[0]).to(device)
     labels = ids.clone()
     labels[ids == IMAGE_TOKEN_INDEX] = -100
     model.set_visual_token_num(4)

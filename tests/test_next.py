@@ -32,6 +32,7 @@ from llava.conversation import conv_templates
 from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, anyres_resolution, process_images,
                             tokenizer_image_token)
 from llava.model.builder import load_pretrained_model, resolve_anyres_protocol
+from conftest import TEST_DEVICE, TEST_DTYPE
 from llava.model.llava_arch import unpadded_bounds
 from llava.tools.make_tiny_checkpoint import NEXT_PINPOINTS, TOWER, make_tiny_checkpoint
 from reference import OnOtherDevice, TwoDevices, checkpoint_state, greedy, reference_llama
@@ -70,7 +71,7 @@ def next_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def next_model(next_ckpt):
-    tokenizer, model, processor, _ = load_pretrained_model(str(next_ckpt), device="cpu")
+    tokenizer, model, processor, _ = load_pretrained_model(str(next_ckpt), device=str(TEST_DEVICE), dtype=TEST_DTYPE)
     return tokenizer, model, processor
 
 
@@ -374,17 +375,18 @@ def test_released_grid_examples():
         anyres_resolution(config, (1, 1500), CROP)  # every canvas scales its width to 0 px
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("k", [None, 0, K90])
 @pytest.mark.parametrize("protocol", ANYRES_PROTOCOLS)
-def test_token_counts_per_protocol_and_budget(next_model, model, protocol, k):
+def test_token_counts_per_protocol_and_budget(next_model, model, protocol, k, device, dtype):
     """1280×720: paper 5 crops, released 3 (672×336), vanilla 2×2 unpadded to 28 rows of 48 + 1 newline each."""
     tokenizer, _, processor = next_model
     model.set_anyres_protocol(protocol)
     model.set_visual_token_num(k)
     size = (1280, 720)
-    pixels = process_images([make_image(2, size)], processor, model.config)
+    pixels = process_images([make_image(2, size)], processor, model.config).to(device, dtype)
     with torch.no_grad():
-        model(prompt_ids(tokenizer, "Describe"), images=pixels, image_sizes=[size])
+        model(prompt_ids(tokenizer, "Describe").to(device), images=pixels, image_sizes=[size])
     count = model.last_pruning.visual_tokens[0]
     per_crop = N if k is None else k
     width, height = released_canvas(size)

@@ -11,6 +11,7 @@ from llava.eval.merge_chunks import merge
 from llava.eval.runner import get_chunk
 from llava.eval.utils import InputError
 from llava.tools.make_sample_data import make_sample_data
+from conftest import DEVICE_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def data(tmp_path_factory):
 def loader_args(tiny_ckpt, data, answers, *extra):
     return ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
             "--image-folder", str(data / "textvqa/train_images"), "--answers-file", str(answers),
-            "--temperature", "0", "--conv-mode", "vicuna_v1", "--max_new_tokens", "6", "--device", "cpu", *extra]
+            "--temperature", "0", "--conv-mode", "vicuna_v1", "--max_new_tokens", "6", *DEVICE_ARGS, *extra]
 
 
 def read(path):
@@ -79,6 +80,7 @@ def test_batched_answers_equal_batch_one(tiny_ckpt, data, tmp_path, tokens):
     assert pick(many) == pick(one)
 
 
+@pytest.mark.gpu
 def test_batch_four_equals_batch_one_on_forty_questions(tiny_model, tmp_path):
     """40 questions of four benchmarks (prompt lengths 52-65 tokens, so batches are padded), 32 new tokens, CPU fp32.
 
@@ -114,22 +116,24 @@ def test_batch_four_equals_batch_one_on_forty_questions(tiny_model, tmp_path):
     assert [batched[i] for i in range(40)] == one
 
 
+@pytest.mark.gpu
 def test_science_text_only_and_image_items(tiny_ckpt, data, tmp_path):
     answers = tmp_path / "sqa.jsonl"
     model_vqa_science.main(["--model-path", str(tiny_ckpt), "--question-file", str(data / "sqa/llava_test_CQM-A.json"),
                             "--image-folder", str(data / "sqa/images/test"), "--answers-file", str(answers),
-                            "--single-pred-prompt", "--temperature", "0", "--max_new_tokens", "4", "--device", "cpu"])
+                            "--single-pred-prompt", "--temperature", "0", "--max_new_tokens", "4", *DEVICE_ARGS])
     lines = read(answers)
     assert len(lines) == 5
     assert lines[0]["prompt"].startswith("<image>\n") and not lines[1]["prompt"].startswith("<image>")
     assert all(l["prompt"].endswith("Answer with the option's letter from the given choices directly.") for l in lines)
 
 
+@pytest.mark.gpu
 def test_mmbench_rounds_and_fields(tiny_ckpt, data, tmp_path):
     answers = tmp_path / "mmb.jsonl"
     model_vqa_mmbench.main(["--model-path", str(tiny_ckpt), "--question-file", str(data / "mmbench/mmbench_dev_20230712.tsv"),
                             "--answers-file", str(answers), "--single-pred-prompt", "--all-rounds", "--temperature", "0",
-                            "--max_new_tokens", "2", "--device", "cpu", "--limit", "2"])
+                            "--max_new_tokens", "2", *DEVICE_ARGS, "--limit", "2"])
     first, second = read(answers)
     assert (first["question_id"], first["round_id"]) == (0, 0) and (second["question_id"], second["round_id"]) == (0, 1)
     assert first["options"][1:] + first["options"][:1] == second["options"]

@@ -25,6 +25,7 @@ from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import (VideoProcessor, available_backends, decoder_info, preprocess_frames, read_frames,
                                resolve_backend, sample_indices)
+from conftest import DEVICE_ARGS
 from reference import OnOtherDevice, TwoDevices, greedy, kept_set_agreement
 from reference_video import (checkpoint_state, eager_languagebind, hf_logits, hf_video_llava, hf_video_tokens, project,
                              reference_frame_tokens, reference_llama, reference_video_tower, tower_config, tower_state)
@@ -492,7 +493,7 @@ def qa(tmp_path):
 
 def run_cli(ckpt: Path, qa: Path, answers: str, *extra: str) -> list[dict]:
     cli.main(["--model-path", str(ckpt), "--video-dir", str(qa / "videos"), "--gt-file-question", str(qa / "q.json"),
-              "--gt-file-answers", str(qa / "a.json"), "--answers-file", str(qa / answers), "--device", "cpu",
+              "--gt-file-answers", str(qa / "a.json"), "--answers-file", str(qa / answers), *DEVICE_ARGS,
               "--max-new-tokens", "6", "--visual-token-num", "13", *extra])
     return [json.loads(line) for line in (qa / answers).read_text().splitlines()]
 
@@ -525,6 +526,7 @@ def test_cli_answers_by_id_reports_missing_and_resumes(ckpts, models, reference,
     assert (qa / "out.jsonl").read_text() == before
 
 
+@pytest.mark.gpu
 def test_cli_paper_protocol_repeats_whatever_the_chunking(ckpts, qa):
     single = run_cli(ckpts[True], qa, "single.jsonl", "--seed", "7")
     chunked = [line for idx in range(2)
@@ -544,6 +546,7 @@ def test_cli_record_kept_lists_each_frames_patches(ckpts, qa):
     assert lines[0]["kept"] != lines[1]["kept"]
 
 
+@pytest.mark.gpu
 def test_cli_stops_when_no_video_is_found(ckpts, qa):
     with pytest.raises(InputError, match="missing or unreadable"):
         run_cli(ckpts[True], qa, "x.jsonl", "--video-prefix", "v_")

@@ -58,6 +58,10 @@ import torch
 from PIL import Image
 
 from llava.bench import flops
+from llava.compat import MODEL_CACHE_KWARG, output_cache
+from llava.eval.runner import pruning_kwargs
+from llava.eval.utils import cli
+from llava.pruning import available_methods, cli_parameters
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images
 from llava.pruning.base import TowerOutputs, TowerRequest
@@ -156,8 +160,9 @@ def load_source(args: argparse.Namespace, dtype: torch.dtype):
     from llava.model.builder import load_pretrained_model
 
     def load(path: str):
-        _, model, processor, _ = load_pretrained_model(path, None, Path(path).name, device=args.device, dtype=dtype,
-                                                       vision_tower_dtype=dtype)
+        # The tower in the dtype evaluation loads it in (fp32 for LLaVA-1.5, the LLM's for LLaVA-NeXT): the builder's
+        # default, so that these rows time what the evaluation CLIs run.
+        _, model, processor, _ = load_pretrained_model(path, None, Path(path).name, device=args.device, dtype=dtype)
         if isinstance(processor, dict):
             raise SystemExit(f"{path}: a video checkpoint; the latency harness times image models only")
         return model, processor
@@ -317,10 +322,12 @@ def run_once(model, ids, images, image_sizes, new_tokens: int) -> tuple[float, f
     visual = list(model.last_pruning.visual_tokens)
 
     def decode():
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (1, 1)
+        # The KV cache under the installed transformers' own name (llava.compat): the deprecated alias would warn
+        # on every step.
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)  # (1, 1)
         for _ in range(new_tokens - 1):
-            step = model(token, past_key_values=cache, use_cache=True)
-            cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
+            step = model(token, use_cache=True, **{MODEL_CACHE_KWARG: cache})
+            cache, token = output_cache(step), step.logits[:, -1:].argmax(-1)
 
     t_decode, _ = timed(decode, device)
     del out  # free the prefill's KV cache before generate builds its own
@@ -605,9 +612,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kept visual tokens per crop (default: all N patches, then N x 50/25/10/5 %% rounded "
                         "half-up: 576 288 144 58 29 for CLIP-L/336)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda when available, else cpu)")
+                   help="the one device the model runs on: cpu, cuda (the current GPU) or cuda:N (default: cuda when "
+                        "available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="weights and activations, tower included (default: fp16 on CUDA, fp32 on CPU)")
+                   help="the LLM's dtype (default: fp16 on CUDA, fp32 on CPU); checkpoints keep the tower dtype "
+                        "evaluation uses (fp32 for LLaVA-1.5), --random-arch runs its tower in this dtype too")
+    p.add_argument("--pruning-method", default="fastervlm", choices=available_methods(),
+                   help="how the kept tokens are chosen, as in the evaluation CLIs (default fastervlm; "
+                        "llava/pruning/README.md)")
+    for param in cli_parameters():  # each method's own options, e.g. --fastv-k, as the evaluation CLIs take them
+        defaults = ", ".join(f"{name}: {value}" for name, value in param.defaults.items())
+        p.add_argument(param.flag, type=param.type, choices=param.choices, default=None,
+                       help=f"{param.help} (default {defaults})")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds (each runs every budget once) (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are reported (default 5)")
     p.add_argument("--new-tokens", type=int, default=32,
@@ -639,7 +655,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    method_kwargs = pruning_kwargs(args)  # a flag of another method fails before anything loads
     model, processor, source = load_source(args, dtype)
+    model.set_pruning_method(args.pruning_method, **method_kwargs)
     ids, images, image_sizes = make_inputs(model, processor, args.text_tokens, args.seed)
     crops = len(images[0]) if isinstance(images, list) else (images.shape[1] if images.ndim == 5 else 1)
     cfg = flops_model(model, crops)
@@ -663,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    else f"CPU ({torch.get_num_threads()} threads)")
     result = {
         "source": source, "device": str(device), "device_name": device_name, "dtype": str(dtype).removeprefix("torch."),
+        "tower_dtype": str(model.get_vision_tower().dtype).removeprefix("torch."),
+        "pruning_method": repr(model.get_pruning_method()),
         "model": asdict(cfg),
         "settings": {k: getattr(args, k)
                      for k in ("warmup", "repeats", "new_tokens", "text_tokens", "seed", "threads", "batch_size")},
@@ -671,7 +691,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "upstream": [asdict(r) for r in e2e[0]], "ours": [asdict(r) for r in e2e[1]],
             "ours_over_upstream": [ours_over_upstream(*pair) for pair in zip(*e2e)]},
     }
-    print(f"**{source}** on {device_name}, {result['dtype']}: {n} patches per crop x {crops} crop(s), "
+    print(f"**{source}** on {device_name}, LLM {result['dtype']}, tower {result['tower_dtype']}, "
+          f"{result['pruning_method']}: {n} patches per crop x {crops} crop(s), "
           f"{args.text_tokens} text tokens, {args.new_tokens} new tokens; medians of {args.repeats} runs after "
           f"{args.warmup} warm-up. Peak memory: {memory.kind}.\n")
     print(to_markdown(rows, compare, e2e))
@@ -682,4 +703,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

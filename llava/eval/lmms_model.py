@@ -22,12 +22,18 @@ settings; lmms-eval's ``until`` strings then cut the text. ``loglikelihood`` sco
 assistant's reply in the template (the template's end-of-reply separator included) and returns, in lmms-eval's
 convention (its ``multiple_choice`` takes the argmin, as its own models return their loss), the mean negative
 log-likelihood per reply token, and whether greedy decoding would produce the reply.
-One process, one device: lmms-eval's data-parallel launch is not supported.
+Data parallel: under ``accelerate launch`` (or ``torchrun``) ``python -m lmms_eval ...`` each process reads its rank
+from ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``, as lmms-eval's own models do through accelerate: lmms-eval gives
+each rank its shard of the requests, and the model runs on ``cuda:LOCAL_RANK`` (``device=cuda`` means that device too;
+``device=cuda:N`` or ``cpu`` is taken as given).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,6 +61,36 @@ def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.FasterVLM")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process's share of a data-parallel run: ``rank`` of ``world_size`` processes, on ``device``."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def placement(device: str | None, env: Mapping[str, str], cuda_available: bool) -> Placement:
+    """The rank, world size and device of this process from the launcher's environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``; one process when unset) and the ``device`` model arg (None: CUDA if available, else CPU).
+    A plain ``cuda`` is the process's own GPU, ``cuda:LOCAL_RANK``."""
+    try:
+        rank, world, local = (int(env.get(name, default)) for name, default in
+                              (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    except ValueError:
+        raise InputError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers, got {env.get('RANK')!r} / "
+                         f"{env.get('WORLD_SIZE')!r} / {env.get('LOCAL_RANK')!r}") from None
+    if not 0 <= rank < world:
+        raise InputError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    try:
+        chosen = torch.device(device or ("cuda" if cuda_available else "cpu"))
+    except RuntimeError:
+        raise InputError(f"model arg device={device!r}: cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", local)
+    return Placement(rank, world, chosen)
 
 
 def _option_name(flag: str) -> str:
@@ -102,7 +138,9 @@ class FasterVLM(_LmmsModel):
             raise InputError(f"model args: {e}") from None
         self.conv_mode = resolve_conv_mode(args)
         self.batch_size_per_gpu = int(batch_size)
-        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        where = placement(device, os.environ, torch.cuda.is_available())
+        # lmms-eval shards the requests by these (lmms.rank / lmms.world_size).
+        self._rank, self._world_size, self._device = where.rank, where.world_size, where.device
         load_kwargs = {"attn_implementation": attn_implementation}
         if dtype is not None:
             load_kwargs["torch_dtype"] = getattr(torch, dtype)

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from llava.compat import note_untested_stack
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.devices import check_device
 from llava.model.checkpoint import (check_visual_token_num, is_video_llava, llm_load_kwargs, load_llava_llama,
@@ -60,6 +61,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                                                                                         **(pruning_kwargs or {}))
     check_installed(method)
     check_device(device, "device")
+    note_untested_stack()
     if is_video_llava(model_path):
         return load_video_llava(model_path, model_base, load_8bit, load_4bit, device_map, device, use_flash_attn,
                                 visual_token_num, pruning_method=method, **kwargs)

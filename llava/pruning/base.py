@@ -28,14 +28,26 @@ def check_budget(budget, patches: int | None = None, unit: str = "image") -> int
     return int(budget)
 
 
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[FasterVLM] Indices of the ``k`` highest ``scores`` along the last dim, highest first; equal scores go to
+    the lower index.
+
+    ``scores``: (..., N) → (..., k). Upstream's ``topk`` leaves ties unordered, and in fp16/bf16 head-mean scores
+    often tie at the k boundary: CPU and CUDA (and CUDA at different batch sizes) then keep different patches.
+    A stable descending sort keeps equal scores in index order, so the kept set is the same on every device,
+    dtype path and batch size; without ties it equals ``topk``'s.
+    """
+    return scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
+
+
 def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row (``k``: the budget), returned in ascending (raster)
-    order.
+    """[FasterVLM] Indices of the ``k`` highest ``scores`` per row (``k``: the budget; ties: lower index, see
+    :func:`topk_indices`), returned in ascending (raster) order.
 
     ``scores``: (B, N) → (B, k). Sorting restores the original spatial order of the kept patches.
     """
     check_budget(k, scores.shape[-1])
-    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+    return topk_indices(scores, k).sort(dim=-1).values
 
 
 @dataclass(frozen=True)

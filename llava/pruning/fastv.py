@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llava.pruning.base import InLLMPruningMethod, LLMPruningContext
+from llava.pruning.base import InLLMPruningMethod, LLMPruningContext, topk_indices
 from llava.pruning.registry import register
 
 SCORES = ("last", "all", "all-visible")
@@ -52,6 +52,6 @@ class FastV(InLLMPruningMethod):
             images = [image for image in ctx.images if image.row == row]
             positions = torch.cat([image.positions for image in images])  # the sample's one span
             budget = min(ctx.budget * sum(image.crops for image in images), positions.numel())
-            top = ctx.attention[row, positions].topk(budget).indices
+            top = topk_indices(ctx.attention[row, positions], budget)
             keep[row, positions[top]] = True
         return keep
