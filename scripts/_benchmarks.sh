@@ -1,6 +1,6 @@
 # The 10 image benchmarks as functions over scripts/_common.sh; each scripts/v1_*/eval/<bench>.sh calls one.
 # Protocol (the paper's, as LLaVA's eval scripts): greedy decoding, vicuna_v1 template, batch 1,
-# LLaVA's question files; paths as in EVAL.md.
+# LLaVA's question files; paths as in docs/eval.md.
 # shellcheck source=scripts/_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 

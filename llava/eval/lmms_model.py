@@ -1,7 +1,7 @@
 """[FasterVLM] The lmms-eval model ``fastervlm``: this project's loader, prompt template, preprocessing and decoding
 behind lmms-eval's model API, so that an lmms-eval task runs under the protocol of our benchmark scripts.
 
-    pip install -e ".[lmms]"   # on a CPU-only torch, then: pip uninstall -y torchvision (README)
+    pip install -e ".[lmms]"   # on a CPU-only torch, then: pip uninstall -y torchvision (docs/transformers-lmms.md)
     python -m lmms_eval --model fastervlm --tasks textvqa_val --batch_size 1 \\
         --model_args pretrained=checkpoints/llava-v1.5-7b,visual_token_num=58
 

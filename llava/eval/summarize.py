@@ -27,7 +27,7 @@ from pathlib import Path
 from llava.eval.provenance import check_manifest, differences
 from llava.eval.utils import BENCHMARKS, ArgumentParser, InputError, cli, read_json
 
-# Folder of each benchmark under playground/data/eval, as the eval scripts use them (not EVAL.md's).
+# Folder of each benchmark under playground/data/eval, as the eval scripts use them (not those of upstream's evaluation guide; docs/upstream-behaviour.md §10).
 BENCH_FOLDERS = {
     "vqav2": "vqav2", "gqa": "gqa", "vizwiz": "vizwiz", "sqa_img": "sqa", "textvqa": "textvqa",
     "pope": "pope", "mme": "MME", "mmb": "mmbench", "mmb_cn": "mmbench_cn", "mmvet": "mm-vet",

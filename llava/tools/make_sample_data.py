@@ -3,7 +3,7 @@
     python -m llava.tools.make_sample_data playground/data/eval [--questions 4]
 
 Each benchmark gets a few generated images and questions in exactly the formats of LLaVA's eval
-files and of the official ground truth (see EVAL.md), so ``scripts/v1_5/eval/<bench>.sh`` runs end
+files and of the official ground truth (see docs/eval.md), so ``scripts/v1_5/eval/<bench>.sh`` runs end
 to end. The answers are made up; only the formats are real.
 """
 from __future__ import annotations
