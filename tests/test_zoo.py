@@ -477,7 +477,7 @@ def test_show_kept_draws_each_method_and_budget(tmp_path):
 
 def test_summarize_methods_rows_are_relative_to_one_unpruned_run(tmp_path, capsys):
     from llava.eval import summarize as summ
-    from llava.eval.utils import write_score
+    from llava.eval.provenance import write_score
 
     scores = {("fastervlm", 576): (80.0, 60.0), ("fastervlm", 58): (72.0, 54.0), ("vispruner", 58): (76.0, 57.0),
               ("vispruner", 29): (60.0, 45.0), ("visionzip", 58): (40.0, 30.0), ("visionzip", 576): (1.0, 1.0)}

@@ -175,6 +175,20 @@ def _padding(attention_mask: torch.Tensor | None, batch: int, length: int, devic
     return attention_mask.bool()
 
 
+def start_prefill(config, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None,
+                  position_ids: torch.Tensor | None, past_key_values, use_cache: bool):
+    """What every pruning prefill starts from: the cache it fills (a new one when ``use_cache``; a non-empty one is
+    refused), the (B, L) positions and the (B, L) bool padding mask of ``inputs_embeds`` (B, L, D)."""
+    B, L, _ = inputs_embeds.shape
+    if use_cache and past_key_values is None:
+        past_key_values = DynamicCache(config=config)
+    if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        raise NotImplementedError("in-LLM pruning prunes a prefill: it cannot continue a non-empty cache")
+    if position_ids is None:
+        position_ids = torch.arange(L, device=inputs_embeds.device)[None]
+    return past_key_values, position_ids.expand(B, -1), _padding(attention_mask, B, L, inputs_embeds.device)
+
+
 def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget: int, inputs_embeds: torch.Tensor,
             attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, past_key_values, use_cache: bool,
             **kwargs) -> PrefillResult:
@@ -191,14 +205,8 @@ def prefill(model, method: InLLMPruningMethod, images: list[ImageTokens], budget
                          f"but the LLM has {config.num_hidden_layers} layers")
     B, L, _ = inputs_embeds.shape
     device = inputs_embeds.device
-    if use_cache and past_key_values is None:
-        past_key_values = DynamicCache(config=config)
-    if past_key_values is not None and past_key_values.get_seq_length() > 0:
-        raise NotImplementedError("in-LLM pruning prunes a prefill: it cannot continue a non-empty cache")
-    if position_ids is None:
-        position_ids = torch.arange(L, device=device)[None]
-    position_ids = position_ids.expand(B, -1)
-    padding = _padding(attention_mask, B, L, device)
+    past_key_values, position_ids, padding = start_prefill(config, inputs_embeds, attention_mask, position_ids,
+                                                           past_key_values, use_cache)
 
     hidden = inputs_embeds
     mask = _causal_mask(config, hidden, padding, past_key_values, position_ids)

@@ -12,13 +12,12 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import repeat_kv, rotate_half
 
 from llava.compat import OUTPUT_CACHE_FIELD
 from llava.pruning.base import ImageTokens, InLLMPruningMethod, select_topk_raster
-from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding
+from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding, start_prefill
 from llava.pruning.registry import register
 
 
@@ -136,12 +135,8 @@ class PyramidDrop(InLLMPruningMethod):
         ratio = self.schedule_ratio(budget, images[0].patches, config.num_hidden_layers)
         B, L, _ = inputs_embeds.shape
         device = inputs_embeds.device
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            raise NotImplementedError("in-LLM pruning prunes a prefill: it cannot continue a non-empty cache")
-        pos = (torch.arange(L, device=device)[None] if position_ids is None else position_ids).expand(B, -1)
-        padding = _padding(attention_mask, B, L, device)
+        past_key_values, pos, padding = start_prefill(config, inputs_embeds, attention_mask, position_ids,
+                                                      past_key_values, use_cache)
         alive = torch.arange(L, device=device).expand(B, -1)  # (B, L_s) prefill positions still in the sequence
         visual = torch.zeros((B, L), dtype=torch.bool, device=device)
         for image in images:

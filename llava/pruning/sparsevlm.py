@@ -8,13 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from llava.compat import OUTPUT_CACHE_FIELD
 from llava.pruning.base import ImageTokens, InLLMPruningMethod, select_topk_raster
-from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding
+from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding, start_prefill
 from llava.pruning.pdrop import _rope
 from llava.pruning.registry import register
 
@@ -162,12 +161,8 @@ class SparseVLM(InLLMPruningMethod):
             raise NotImplementedError("sparsevlm supports one image per sample")
         keeps = [k * images[0].crops for k in self.schedule(budget)]  # per crop, as every budget here
         device = inputs_embeds.device
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            raise NotImplementedError("in-LLM pruning prunes a prefill: it cannot continue a non-empty cache")
-        pos = (torch.arange(L, device=device)[None] if position_ids is None else position_ids).expand(B, -1)
-        padding = _padding(attention_mask, B, L, device)
+        past_key_values, pos, padding = start_prefill(config, inputs_embeds, attention_mask, position_ids,
+                                                      past_key_values, use_cache)
         spans = [(int(im.positions[0]), int(im.positions[-1]) + 1) for im in images]  # the image span of each row
         origin = torch.arange(L, device=device).expand(B, -1)  # prefill position of each token; -1: recycled
         raters = torch.zeros(B, L, dtype=torch.bool, device=device)
