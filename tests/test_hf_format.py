@@ -389,16 +389,19 @@ def test_next_cli_records_the_anyres_protocol_and_answers_as_the_original(origin
 def test_run_llava_on_a_transformers_checkpoint(hf_ckpts, sample_data, capsys):
     image = next((sample_data / "textvqa/train_images").iterdir())
     assert run_llava.infer_conv_mode("llava-1.5-7b-hf") == "llava_v1"
-    text = run_llava.eval_model(run_llava_args(hf_ckpts["v1.5"], image))
-    assert text and "[visual tokens kept: 58]" in capsys.readouterr().out
+    text = run_llava.eval_model(run_llava_args(hf_ckpts["v1.5"], image, "--record-kept"))
+    out = capsys.readouterr().out.splitlines()
+    assert text and "[visual tokens kept: 58]" in out
+    kept = json.loads(out[-1])["kept"]
+    assert len(kept) == 1 and len(kept[0]) == 58 and kept[0] == sorted(set(kept[0])) and kept[0][-1] < 576
 
 
-def run_llava_args(ckpt: Path, image: Path):
+def run_llava_args(ckpt: Path, image: Path, *flags: str):
     from llava.eval.runner import parse_args
 
     return parse_args(run_llava.build_parser(), ["--model-path", str(ckpt), "--image-file", str(image), "--query",
                                                  "What is written?", "--temperature", "0", "--max_new_tokens", "4",
-                                                 "--visual-token-num", "58", "--device", "cpu"])
+                                                 "--visual-token-num", "58", "--device", "cpu", *flags])
 
 
 def test_video_cli_on_a_transformers_checkpoint(originals, hf_ckpts, tmp_path):

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -82,6 +83,9 @@ def eval_model(args) -> str:
                                    images, gen_kwargs)
     print(texts[0])
     print(f"[visual tokens kept: {counts[0]}]")
+    if args.record_kept:
+        kept = [sorted(int(i) for i in crop) for crop in model.last_pruning.kept_indices_per_image()[0]]
+        print(json.dumps({"kept": kept}))
     return texts[0]
 
 
@@ -100,6 +104,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (matters only when sampling)")
     parser.add_argument("--device", type=device_flag, default=None, help="cpu, cuda, cuda:N, auto or mps (default: cuda if available)")
     add_pruning_args(parser)
+    parser.add_argument("--record-kept", action="store_true",
+                        help="also print, per image crop, the sorted indices (0..N-1, raster order in the tower's "
+                             "patch grid) of the patches the pruning kept, as a JSON line {\"kept\": [[...], ...]}")
     return parser
 
 
