@@ -11,4 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 export PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
-"$PYTHON" -m llava.tools.toy_demo "$@"
+# One torch thread unless the arguments say otherwise (a later --threads wins): on a shared 2-core machine the
+# default board took 113 s with one thread and over 7 minutes (8 of 13 cells) with torch's default two.
+"$PYTHON" -m llava.tools.toy_demo --threads 1 "$@"

@@ -36,8 +36,9 @@ SUBSET = 40
 # Accuracy (%) of the shipped checkpoint on the CI subset, CPU fp32. The answers are deterministic; the tolerance
 # covers other CPUs and BLAS builds flipping a near-tie (one question is 0.83 points).
 EXPECTED = {("fastervlm", 576): 100.0, ("fastervlm", 58): 100.0, ("random", 58): 61.67}
-# The same for the v2 checkpoint (measured on its CI subset, seed 1).
-EXPECTED_V2 = {("fastervlm", 576): 75.0, ("fastervlm", 14): 47.5, ("random", 58): 57.5}
+# The same for the v2 checkpoint (measured on its CI subset, seed 1; 6-layer LLM). fastv prunes inside the LLM and
+# needs a transformers that runs in-LLM methods (skipped otherwise).
+EXPECTED_V2 = {("fastervlm", 576): 95.83, ("fastervlm", 14): 56.67, ("random", 58): 75.83, ("fastv", 58): 84.17}
 TOLERANCE = 3.5
 
 
@@ -211,6 +212,8 @@ def toy_data_v2(tmp_path_factory) -> Path:
 @needs_shipped_v2
 @pytest.mark.parametrize("method, tokens", sorted(EXPECTED_V2))
 def test_shipped_v2_checkpoint_accuracy(toy_data_v2, method, tokens):
+    if not toy_demo.usable_methods([method])[0]:
+        pytest.skip(f"{method} cannot run with this install")
     cell = toy_demo.evaluate_cell(toy_data_v2, SHIPPED_V2, method, tokens, batch_size=40)
     assert cell["questions"] == 3 * SUBSET
     assert abs(cell["accuracy"] - EXPECTED_V2[method, tokens]) <= TOLERANCE, (method, tokens, cell)

@@ -70,7 +70,7 @@ def toy_checkpoint(world: str = "v2", cache_dir: Path = Path("checkpoints")) -> 
     if not (cache / "config.json").is_file():
         from llava.tools.train_toy import train_toy
 
-        print(f"no shipped toy checkpoint; training one into {cache} (about 10 minutes on 2 cores, once)")
+        print(f"no shipped toy checkpoint; training one into {cache} (10–30 minutes on 2 cores, once)")
         train_toy(cache, world=world, threads={"v1": 2, "v2": 1}[world])  # the shipped weights' thread counts
     return cache
 
