@@ -221,8 +221,8 @@ def test_divprune_matches_the_paper_on_the_toy_checkpoint(toy, k):
 # --------------------------------------------------------------------------- PyramidDrop
 
 
-def last_row_attention(layer, rotary, hidden, positions) -> torch.Tensor:
-    """Layer ``layer``'s full causal attention map on its input (1, L, D), computed here; the last row, head mean."""
+def causal_attention(layer, rotary, hidden, positions) -> torch.Tensor:
+    """Layer ``layer``'s full causal attention map on its input (1, L, D), computed here: (L, L), head mean, fp32."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     attn, L = layer.self_attn, hidden.shape[1]
@@ -232,7 +232,12 @@ def last_row_attention(layer, rotary, hidden, positions) -> torch.Tensor:
     cos, sin = rotary(hidden, positions[None])
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     logits = q @ k.transpose(-1, -2) / attn.head_dim ** 0.5 + torch.full((L, L), float("-inf")).triu(1)
-    return torch.softmax(logits.float(), dim=-1).mean(dim=1)[0, -1]  # (L,)
+    return torch.softmax(logits.float(), dim=-1).mean(dim=1)[0]
+
+
+def last_row_attention(layer, rotary, hidden, positions) -> torch.Tensor:
+    """(L,) the last row of layer ``layer``'s causal attention map on its input, head mean."""
+    return causal_attention(layer, rotary, hidden, positions)[-1]
 
 
 @torch.no_grad()
@@ -340,16 +345,7 @@ def reference_dpc(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def rater_scores(layer, rotary, hidden, positions, raters: list[int]) -> torch.Tensor:
     """(L,) attention from the rater rows of layer ``layer``'s full causal map on its input, head then row mean."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    attn, L = layer.self_attn, hidden.shape[1]
-    x = layer.input_layernorm(hidden)
-    q = attn.q_proj(x).view(1, L, -1, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(1, L, -1, attn.head_dim).transpose(1, 2)
-    cos, sin = rotary(hidden, positions[None])
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    logits = q @ k.transpose(-1, -2) / attn.head_dim ** 0.5 + torch.full((L, L), float("-inf")).triu(1)
-    return torch.softmax(logits.float(), dim=-1).mean(dim=1)[0, raters].mean(0)
+    return causal_attention(layer, rotary, hidden, positions)[raters].mean(0)
 
 
 @torch.no_grad()

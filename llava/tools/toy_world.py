@@ -224,29 +224,26 @@ def make_question(family: str, scene: Scene) -> Question:
     the answer hangs on the asked and the seen colour together (an XOR-like target), and a model this small trained
     for minutes stays at chance on it (measured: 50 % after 450 steps, with the other families at 100 %).
     """
-    if family == "textvqa":
-        return Question(family, COLOR_QUESTION + SHORT_SUFFIX, scene.color)
-    if family == "pope":
-        return Question(family, YESNO_QUESTION + SHORT_SUFFIX, "Yes" if scene.color in WARM else "No")
-    if family == "sqa":
-        choices = choice_set(scene.color)
-        options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-        text = f"{CHOICE_CONTEXT}\n{CHOICE_QUESTION}\n{options}"
-        return Question(family, text, LETTERS[choices.index(scene.color)], tuple(choices))
-    raise ValueError(f"unknown question family {family!r} (expected one of {FAMILIES})")
+    return color_question(family, scene.color, COLOR_QUESTION, YESNO_QUESTION, CHOICE_QUESTION)
 
 
 def make_question2(family: str, scene: Scene2) -> Question:
     """A v2 question: v1's three questions, about the colour most of the coloured shapes have."""
+    return color_question(family, scene.color, MAJORITY_QUESTION, MAJORITY_YESNO_QUESTION, MAJORITY_QUESTION)
+
+
+def color_question(family: str, color: str, short: str, yesno: str, choice: str) -> Question:
+    """The ``family`` question whose answer is ``color``: ``short`` (the colour), ``yesno`` (is it warm?) or ``choice``
+    (one of 4 lettered colours)."""
     if family == "textvqa":
-        return Question(family, MAJORITY_QUESTION + SHORT_SUFFIX, scene.color)
+        return Question(family, short + SHORT_SUFFIX, color)
     if family == "pope":
-        return Question(family, MAJORITY_YESNO_QUESTION + SHORT_SUFFIX, "Yes" if scene.color in WARM else "No")
+        return Question(family, yesno + SHORT_SUFFIX, "Yes" if color in WARM else "No")
     if family == "sqa":
-        choices = choice_set(scene.color)
+        choices = choice_set(color)
         options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-        text = f"{CHOICE_CONTEXT}\n{MAJORITY_QUESTION}\n{options}"
-        return Question(family, text, LETTERS[choices.index(scene.color)], tuple(choices))
+        text = f"{CHOICE_CONTEXT}\n{choice}\n{options}"
+        return Question(family, text, LETTERS[choices.index(color)], tuple(choices))
     raise ValueError(f"unknown question family {family!r} (expected one of {FAMILIES})")
 
 
