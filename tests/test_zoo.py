@@ -192,18 +192,24 @@ def reference_divprune(tokens: torch.Tensor, k: int) -> list[int]:
     return sorted(picked)
 
 
+def toy_reference_prompt(tower, pixels):
+    """The toy checkpoint's reference pieces for one question: tokenizer, stock LLaMA, prompt ids (1, L0), projected
+    visual tokens (576, D) of every patch, the spliced embeddings (1, L, D) and the image's first position."""
+    tokenizer = load_tokenizer(str(TOY))
+    llama = reference_llama(TOY)
+    ids = prompt_ids(tokenizer, "What colour is the small shape?")
+    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)
+    embeds = splice(llama, ids, visual[0])
+    return tokenizer, llama, ids, visual[0], embeds, int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+
+
 @needs_toy
 @requires_in_llm
 @pytest.mark.parametrize("k", [58, 29])
 def test_divprune_matches_the_paper_on_the_toy_checkpoint(toy, k):
     model, pixels, tower = toy
-    tokenizer = load_tokenizer(str(TOY))
-    llama = reference_llama(TOY)
-    ids = prompt_ids(tokenizer, "What colour is the small shape?")
-    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)  # (1, 576, D) projected, every patch
-    patches = torch.tensor(reference_divprune(visual[0], k))
-    embeds = splice(llama, ids, visual[0])
-    start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    tokenizer, llama, ids, visual, embeds, start = toy_reference_prompt(tower, pixels)
+    patches = torch.tensor(reference_divprune(visual, k))
     kept = torch.cat([torch.arange(start), start + patches, torch.arange(start + 576, embeds.shape[1])])
     ref_logits, ref_ids = reference_pruned_greedy(llama, embeds, 0, kept, steps=4, eos=tokenizer.eos_token_id)
 
@@ -284,12 +290,7 @@ def reference_pdrop(llama, embeds, start: int, n: int, layers: list[int], ratio:
 @pytest.mark.parametrize("layers, ratio", [("1,2", 0.5), ("1", 0.1), ("2", 0.3)])
 def test_pdrop_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers, ratio):
     model, pixels, tower = toy
-    tokenizer = load_tokenizer(str(TOY))
-    llama = reference_llama(TOY)
-    ids = prompt_ids(tokenizer, "What colour is the small shape?")
-    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)
-    embeds = splice(llama, ids, visual[0])
-    start = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    tokenizer, llama, ids, _, embeds, start = toy_reference_prompt(tower, pixels)
     stage_layers = [int(x) for x in layers.split(",")]
     ref_logits, kept, ref_ids, ref_steps = reference_pdrop(llama, embeds, start, 576, stage_layers, ratio, 4,
                                                            tokenizer.eos_token_id)
@@ -383,12 +384,8 @@ def reference_sparsevlm(llama, embeds, start: int, n: int, layers: list[int], ke
 @pytest.mark.parametrize("layers, keeps", [("0,1", "100,40"), ("1", "58")])
 def test_sparsevlm_matches_the_stagewise_reference_on_the_toy_checkpoint(toy, layers, keeps):
     model, pixels, tower = toy
-    tokenizer = load_tokenizer(str(TOY))
-    llama = reference_llama(TOY)
-    ids = prompt_ids(tokenizer, "What colour is the small shape?")
-    visual, _, _ = reference_visual_tokens(TOY, tower, pixels[:1], None)
-    embeds = splice(llama, ids, visual[0])
-    start, L = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()), embeds.shape[1]
+    tokenizer, llama, ids, _, embeds, start = toy_reference_prompt(tower, pixels)
+    L = embeds.shape[1]
     stage_layers, stage_keeps = [int(x) for x in layers.split(",")], [int(x) for x in keeps.split(",")]
     ref_logits, kept = reference_sparsevlm(llama, embeds, start, 576, stage_layers, stage_keeps, L)
 
