@@ -28,7 +28,7 @@ from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model import LlavaLlamaForCausalLM
 from llava.model.builder import load_pretrained_model
 from llava.pruning import available_methods, get_method
-from llava.pruning.base import TowerRequest
+from llava.pruning.base import TowerRequest, group_sum
 from llava.tools.make_sample_data import make_sample_data
 from conftest import requires_in_llm
 from reference import checkpoint_state, reference_llama, reference_tower, reference_visual_tokens, splice
@@ -473,3 +473,18 @@ def test_entry_points_load_lazily_and_name_a_broken_plugin(monkeypatch):
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     with pytest.raises(ImportError, match=r"pruning plugin 'broken' = 'no_such_plugin_module'.*failed to load"):
         available_methods()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_group_sum_is_each_groups_row_sum(dtype):
+    """The merging methods' deterministic sum: each group's rows added up, an empty group a zero row."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=gen).to(dtype)
+    groups = torch.randint(0, 5, (40,), generator=gen)
+    groups[groups == 3] = 4  # group 3 empty
+    sums = group_sum(x, groups, 6)
+    assert sums.shape == (6, 6) and sums.dtype == dtype
+    for g in range(6):
+        expected = x[groups == g].double().sum(0)
+        torch.testing.assert_close(sums[g].double(), expected, atol=0.05 if dtype != torch.float32 else 1e-5, rtol=0.01)
+    assert not sums[3].any() and not sums[5].any()

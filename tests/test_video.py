@@ -25,7 +25,7 @@ from llava.tools.make_tiny_video_checkpoint import TOWER as TINY_TOWER
 from llava.tools.make_tiny_video_checkpoint import make_tiny_video_checkpoint
 from llava.video_utils import (VideoProcessor, available_backends, decoder_info, preprocess_frames, read_frames,
                                resolve_backend, sample_indices)
-from conftest import DEVICE_ARGS
+from conftest import DEVICE_ARGS, requires_in_llm
 from reference import OnOtherDevice, TwoDevices, greedy, kept_set_agreement
 from reference_video import (checkpoint_state, eager_languagebind, hf_logits, hf_video_llava, hf_video_tokens, project,
                              reference_frame_tokens, reference_llama, reference_video_tower, tower_config, tower_state)
@@ -230,13 +230,19 @@ def test_frames_go_through_the_pruning_method(ckpts):
         model(prompt_ids(tokenizer), images=[clip(2)[0]])
     assert [len(k) for k in random_kept] == [13] * 8
     assert any(not torch.equal(a, b) for a, b in zip(random_kept, model.last_pruning.kept_indices))
-    model.set_pruning_method("fastv", layer=1)  # in the LLM: the video's 8 frames are one span of 8 × 13 tokens
+    with pytest.raises(NotImplementedError, match="patch-attn.*LanguageBind"):
+        load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13, pruning_method="patch-attn")
+
+
+@requires_in_llm
+def test_in_llm_pruning_sees_the_video_as_one_span(ckpts):
+    """FastV in the LLM: the video's 8 frames are one span of 8 × 256 tokens, and the budget is 8 × 13 of them."""
+    tokenizer, model = load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13,
+                                             pruning_method="fastv", pruning_kwargs={"layer": 1})[:2]
     out = model.generate(prompt_ids(tokenizer), images=[clip(2)[0]], do_sample=False, max_new_tokens=3)
     info = model.last_pruning
     assert out.shape == (1, 3) and info.llm_layer == 1 and info.visual_tokens == [8 * N]
     assert sum(len(k) for k in info.kept_indices) == 8 * 13
-    with pytest.raises(NotImplementedError, match="patch-attn.*LanguageBind"):
-        load_pretrained_model(str(ckpts[True]), device="cpu", visual_token_num=13, pruning_method="patch-attn")
 
 
 def edit_shards(ckpt: Path, edit) -> None:

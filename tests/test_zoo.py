@@ -436,7 +436,8 @@ def data(tmp_path_factory):
     ("vispruner", []), ("visionzip", []), pytest.param("divprune", [], marks=requires_in_llm),
     pytest.param("pdrop", ["--pdrop-layers", "1", "--pdrop-lambda", "0.5"], marks=requires_in_llm),
     pytest.param("sparsevlm", ["--sparsevlm-layers", "0", "--sparsevlm-keeps", "58"], marks=requires_in_llm)])
-def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method, extra):
+def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method, extra, capsys):
+    """Batch 4 answers as batch 1; an in-LLM method's log says where its budget applies (all 576 tokens enter)."""
     args = ["--model-path", str(tiny_ckpt), "--question-file", str(data / "textvqa/llava_textvqa_val_v051_ocr.jsonl"),
             "--image-folder", str(data / "textvqa/train_images"), "--temperature", "0", "--conv-mode", "vicuna_v1",
             "--max_new_tokens", "6", "--device", "cpu", "--pruning-method", method, "--visual-token-num", "58", *extra]
@@ -445,6 +446,13 @@ def test_cli_answers_batch_four_as_batch_one(tiny_ckpt, data, tmp_path, method, 
     model_vqa_loader.main(args + ["--answers-file", str(four), "--batch-size", "4"])
     pick = lambda p: [(json.loads(l)["question_id"], json.loads(l)["text"]) for l in p.read_text().splitlines()]
     assert pick(four) == pick(one) and len(pick(one)) == 5
+    out = capsys.readouterr().out
+    assert "Average number of visual tokens: " + ("576.00" if extra or method == "divprune" else "58.00") in out
+    notes = {"divprune": "divprune prunes inside the LLM: all of these tokens enter it; 58 per image crop remain "
+                         "from decoder layer 0 on",
+             "pdrop": "the stages from decoder layers 1 keep λ = 0.5 of the previous stage's image tokens per crop",
+             "sparsevlm": "after decoder layers 0, 58 image tokens per crop remain"}
+    assert (notes[method] in out) if method in notes else "prunes inside the LLM" not in out
 
 
 # --------------------------------------------------------------------------- show_kept

@@ -36,8 +36,8 @@ from llava.eval.utils import InputError
 from llava.mm_utils import (ANYRES_PROTOCOL_HELP, ANYRES_PROTOCOLS, check_image_size, get_model_name_from_path,
                             process_images, tokenizer_image_token)
 from llava.model.multimodal_encoder.clip_encoder import CLS_ATTN_ARITHMETICS
-from llava.pruning import (MethodChoices, check_installed, cli_parameters, get_method, import_modules,
-                           method_parameters)
+from llava.pruning import (InLLMPruningMethod, MethodChoices, check_installed, cli_parameters, get_method,
+                           import_modules, method_parameters)
 
 
 # Flags that say where things are, which part of the work a process does or how it is paced: recorded in the
@@ -438,6 +438,10 @@ def _answer(args, answers: AnswerFormat, answers_file: Path, manifest: dict, chu
     if visual_tokens:
         print(f"Average number of visual tokens: {sum(visual_tokens) / len(visual_tokens):.2f} "
               f"(over the {len(visual_tokens)} answers of this run)")
+        method = model.get_pruning_method() if hasattr(model, "get_pruning_method") else None
+        if isinstance(method, InLLMPruningMethod) and args.visual_token_num is not None:
+            print(f"{method.name} prunes inside the LLM: all of these tokens enter it; "
+                  f"{method.budget_note(args.visual_token_num)}")
     unanswered = answers_io.write_missing_log(answers_file, skipped, order, answers.key_fields)
     if unanswered:
         print(f"WARNING: {unanswered} question(s) of this chunk have no answer because their image/video could not "

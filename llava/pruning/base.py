@@ -50,6 +50,18 @@ def select_topk_raster(scores: torch.Tensor, k: int) -> torch.Tensor:
     return topk_indices(scores, k).sort(dim=-1).values
 
 
+def group_sum(x: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
+    """[FasterVLM] Row sums of ``x`` (n, C) per group: ``groups`` (n,) in [0, count) → (count, C), in ``x``'s dtype.
+
+    A one-hot matrix product, not ``index_add``: on CUDA ``index_add`` sums with atomics in whatever order the
+    threads arrive, so a merged token, and every answer after it, could change from run to run; a matrix product
+    is reproducible on a given GPU and build.
+    """
+    one_hot = torch.zeros(count, x.shape[0], dtype=x.dtype, device=x.device)
+    one_hot[groups, torch.arange(x.shape[0], device=x.device)] = 1
+    return one_hot @ x
+
+
 @dataclass(frozen=True)
 class TowerRequest:
     """What a method needs from the vision tower's selected layer, besides the features.
@@ -161,6 +173,11 @@ class InLLMPruningMethod(PruningMethod):
     def select_in_llm(self, ctx: LLMPruningContext) -> torch.Tensor:
         """(B, L) bool: True at the visual tokens that layers ≥ K keep (non-visual tokens are always kept)."""
         raise NotImplementedError
+
+    def budget_note(self, budget: int | str) -> str:
+        """Where ``budget`` (visual tokens per crop) takes effect, for logs: every visual token enters the LLM, so
+        counts of the tokens spliced into it (``PruningInfo.visual_tokens``) do not show the pruning."""
+        return f"{budget} per image crop remain from decoder layer {self.llm_layer} on"
 
 
 def image_grid_side(patches: int) -> int:

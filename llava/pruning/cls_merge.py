@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, select_topk_raster
+from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, group_sum, select_topk_raster
 from llava.pruning.registry import register
 
 
@@ -33,7 +33,7 @@ class ClsMerge(PruningMethod):
             if budget == 0 or pruned.numel() == 0:
                 continue
             target = (keys[b, pruned] @ keys[b, keep[b]].T).argmax(dim=-1)  # (N−budget,): index into keep[b]
-            sums = tower.features[b, keep[b]].float().index_add(0, target, tower.features[b, pruned].float())
+            sums = tower.features[b, keep[b]].float() + group_sum(tower.features[b, pruned].float(), target, budget)
             counts = 1 + torch.bincount(target, minlength=budget)  # the kept patch itself, plus its assigned ones
             features[b, keep[b]] = (sums / counts[:, None]).to(features.dtype)
         return features, keep

@@ -121,6 +121,10 @@ class PyramidDrop(InLLMPruningMethod):
     def llm_layer(self) -> int:
         return self.stage_layers[0]
 
+    def budget_note(self, budget: int | str) -> str:
+        share = f"λ = {self.ratio} of the previous stage's" if self.ratio != -1.0 else f"on average {budget} per layer of"
+        return f"the stages from decoder layers {self.layers} keep {share} image tokens per crop"
+
     def schedule_ratio(self, budget: int, patches: int, num_layers: int) -> float:
         if self.ratio != -1.0:
             return self.ratio

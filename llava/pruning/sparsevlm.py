@@ -12,7 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.llama.modeling_llama import repeat_kv
 
 from llava.compat import OUTPUT_CACHE_FIELD
-from llava.pruning.base import ImageTokens, InLLMPruningMethod, select_topk_raster
+from llava.pruning.base import ImageTokens, InLLMPruningMethod, group_sum, select_topk_raster
 from llava.pruning.llm import PrefillResult, _causal_mask, _layers, _padding, start_prefill
 from llava.pruning.pdrop import _rope
 from llava.pruning.registry import register
@@ -46,7 +46,7 @@ def dpc_knn_merge(x: torch.Tensor, clusters: int) -> torch.Tensor:
     centres = (parent * density).topk(clusters).indices  # (clusters,)
     assign = dist[centres].argmin(dim=0)  # (n,)
     assign[centres] = torch.arange(clusters, device=x.device)
-    sums = torch.zeros(clusters, C, dtype=torch.float32, device=x.device).index_add_(0, assign, x.float())
+    sums = group_sum(x.float(), assign, clusters)  # (clusters, C)
     return (sums / torch.bincount(assign, minlength=clusters)[:, None]).to(x.dtype)
 
 
@@ -124,6 +124,11 @@ class SparseVLM(InLLMPruningMethod):
     @property
     def llm_layer(self) -> int:
         return self.stage_layers[0] + 1
+
+    def budget_note(self, budget: int | str) -> str:
+        keeps = self.keeps or (f"the authors' schedule for {budget}" if isinstance(budget, str)
+                               else ",".join(map(str, self.schedule(budget))))
+        return f"after decoder layers {self.layers}, {keeps} image tokens per crop remain (recycled ones besides)"
 
     def schedule(self, budget: int) -> tuple[int, ...]:
         """Image tokens kept after each pruning layer (recycled ones not counted), for one crop."""

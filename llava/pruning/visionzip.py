@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, select_topk_raster
+from llava.pruning.base import PruningMethod, TowerOutputs, TowerRequest, group_sum, select_topk_raster
 from llava.pruning.registry import register
 
 # The authors' LLaVA-1.5 setting: 54 dominant + 10 contextual = 64 tokens (README); their 128/192 settings keep the
@@ -61,7 +61,7 @@ class VisionZip(PruningMethod):
             is_target[torch.arange(0, rest.shape[0], step, device=rest.device)[:contextual]] = True
             targets, others = rest[is_target], rest[~is_target]  # (C,), (R − C,)
             assign = (metric[b, others] @ metric[b, targets].T).argmax(dim=-1)  # (R − C,): first maximum on ties
-            sums = torch.zeros_like(features[b, targets]).index_add_(0, assign, tower.features[b, others])
+            sums = group_sum(tower.features[b, others], assign, contextual)  # (contextual, D)
             counts = torch.bincount(assign, minlength=contextual).clamp(min=1)  # an empty group adds nothing
             features[b, targets] = tower.features[b, targets] + sums / counts[:, None].to(sums.dtype)
             keep.append(torch.cat([dom[b], targets]).sort().values)

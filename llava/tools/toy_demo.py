@@ -41,7 +41,7 @@ from llava.eval import model_vqa_loader, model_vqa_science
 from llava.eval.model_vqa_loader import build_parser, vqa_samples
 from llava.eval.runner import Sample, build_prompt, run
 from llava.eval.utils import ArgumentParser, InputError, cli, write_json
-from llava.pruning import available_methods
+from llava.pruning import InLLMPruningMethod, available_methods, get_method
 from llava.tools import toy_world
 
 CKPT_NAME = "llava-v1.5-toy"
@@ -350,8 +350,12 @@ def print_report(results: dict, details: dict, out: Path, tokens) -> None:
                 f = c["per_family"]
                 print(f"| {m} | {t} | {c['accuracy']:.1f} | {f['textvqa']:.1f} | {f['pope']:.1f} | {f['sqa']:.1f} "
                       f"| {c['avg_visual_tokens']:.0f} | {c['prefill_ms']:.1f} | {c['prefill_speedup']:.2f}x |")
-    if "fastv" in results:
-        print("\nfastv prunes inside the LLM: all 576 visual tokens enter it, the budget remains from layer 2 on.")
+    in_llm = {m: get_method(m) for m in methods if isinstance(get_method(m), InLLMPruningMethod)}
+    if in_llm:
+        print(f"\nIn-LLM methods: all {toy_world.PATCHES} visual tokens enter the LLM (the avg visual tokens column); "
+              "T is the tokens column.")
+    for m, method in in_llm.items():
+        print(f"  {m}: {method.budget_note('T')}")
     if str(toy_world.PATCHES) in tokens:
         print(f"{toy_world.PATCHES} tokens keep every patch: one unpruned run, the same for every method, its prefill "
               "timed once (1.00x by construction).")
