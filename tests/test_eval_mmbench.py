@@ -236,6 +236,14 @@ def test_bad_index_names_the_line(tmp_path, values, message):
         conv.read_tsv(tsv)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    """A TSV saved by Excel or Notepad starts with a UTF-8 BOM: the first column must still be ``index``."""
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbfindex\tquestion\tA\tB\tanswer\n0\tQ?\tx\ty\tA\n")
+    df = conv.read_tsv(tsv)
+    assert list(df.columns)[0] == "index" and df["index"].tolist() == [0]
+
+
 def test_bad_upload_index_names_the_sheet_row(tiny, tmp_path):
     tsv, answers = tiny
     df = conv.build_upload(tsv, answers).astype({"index": object})

@@ -179,6 +179,44 @@ def test_merge_resolves_the_task_by_name_from_the_registry():
         get_task("llava.eval.model_vqa_loader")
 
 
+PLUGIN_TASK = """
+from llava.eval import model_vqa_loader as vqa
+from llava.eval.runner import parse_args, run
+from llava.eval.tasks import AnswerFormat, Task, register
+
+TASK = register(Task("my-vqa", vqa.add_args, vqa.load_samples, AnswerFormat(vqa.VQA_KEY)))
+
+
+def main(argv=None):
+    run(parse_args(vqa.build_parser("my task", max_new_tokens=128), argv), TASK)
+"""
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_merge_imports_a_plugin_task(tiny_ckpt, data, tmp_path, monkeypatch, recorded):
+    """A plugin task's chunks merge in a process that has never imported it once merge_chunks is given ``--import``;
+    without it one error says what to pass (and which modules the run imported): a manifest never imports code."""
+    from llava.eval import merge_chunks
+
+    (tmp_path / "my_task.py").write_text(PLUGIN_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_task
+
+    chunks = [tmp_path / f"2_{i}.jsonl" for i in range(2)]
+    for i, chunk in enumerate(chunks):
+        my_task.main(textvqa(tiny_ckpt, chunk, "--num-chunks", "2", "--chunk-idx", str(i), data=data)
+                     + (["--import", "my_task"] if recorded else []))
+    monkeypatch.delitem(TASKS, "my-vqa")  # as in a fresh process
+    monkeypatch.delitem(sys.modules, "my_task")
+    out = tmp_path / "merge.jsonl"
+    hint = "; the run imported my_task$" if recorded else "it\\)$"
+    with pytest.raises(InputError, match="unknown task 'my-vqa'.*--import the module.*" + hint):
+        merge([str(c) for c in chunks], str(out))
+    assert not out.exists() and "my_task" not in sys.modules
+    merge_chunks.main([*map(str, chunks), "--out", str(out), "--import", "my_task"])
+    assert len(read(out)) == 4 and "my-vqa" in TASKS
+
+
 # ------------------------------------------------------------------ odd text
 
 def test_any_unicode_round_trips_and_a_bom_is_accepted(tiny_ckpt, data, tmp_path):

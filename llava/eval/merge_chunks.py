@@ -4,7 +4,7 @@ Refuses to mix: every chunk must carry an unedited run manifest, all manifests m
 (weights and image/video set included; only the chunk index may differ), every line must carry its chunk's
 manifest fingerprint, and no chunk may still be being written (its lock is held). Then the merged answers are
 checked against the question set, rebuilt from the manifest through the task registry (``llava.eval.tasks``,
-by the task name the manifest records): a missing, extra or repeated question is an error naming the first few,
+by the task name the manifest records; a plugin task's module must be named by ``--import``): a missing, extra or repeated question is an error naming the first few,
 unless ``--allow-partial``, which merges what is there and marks the merged manifest (and every score made from
 it) partial.
 """
@@ -18,6 +18,7 @@ from llava.eval import provenance
 from llava.eval.answers_file import exclusive, line_key
 from llava.eval.tasks import get_chunk, get_task, key_of
 from llava.eval.utils import ArgumentParser, InputError, add_allow_partial, cli, iter_jsonl, write_jsonl
+from llava.pruning import import_modules
 
 
 def _chunk_manifests(chunks: list[str]) -> list[dict]:
@@ -50,7 +51,11 @@ def expected_chunks(manifest: dict, question_file: str | None = None) -> tuple[l
     if "name" not in task:
         raise InputError(f"{manifest['info']['paths'].get('answers_file')}: its manifest names no task "
                          "(made by an older version); rerun the inference")
-    registered = get_task(task["name"])
+    imported = task["options"].get("imports") or []
+    try:  # a manifest never makes us import a module: a plugin task's module comes from --import only
+        registered = get_task(task["name"])
+    except InputError as e:
+        raise InputError(f"{e}" + (f"; the run imported {' '.join(imported)}" if imported else "")) from None
     args = argparse.Namespace(**task["options"], **manifest["info"]["paths"], **manifest["settings"]["decoding"],
                               **{k: v for k, v in manifest["settings"]["pruning"].items() if k != "params"})
     if question_file is not None:
@@ -119,8 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="merged answers file to write (its manifest goes beside it)")
     parser.add_argument("--question-file", default=None,
                         help="the question file, if it no longer lies where the manifests record it (same content)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): the module that registers the chunks' task, for a "
+                             "plugin task (built-in tasks need none; the error names the modules the run imported)")
     add_allow_partial(parser)
     args = parser.parse_args(argv)
+    import_modules(args.imports)
     print(f"merged {merge(args.chunks, args.out, args.allow_partial, args.question_file)} answers into {args.out}")
 
 

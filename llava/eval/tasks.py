@@ -90,7 +90,8 @@ def get_task(name: str) -> Task:
     if name not in TASKS and name in BUILTIN_MODULES:
         importlib.import_module(BUILTIN_MODULES[name])
     if name not in TASKS:
-        raise InputError(f"unknown task {name!r}; registered: {', '.join(sorted({*TASKS, *BUILTIN_MODULES}))}")
+        raise InputError(f"unknown task {name!r}; registered: {', '.join(sorted({*TASKS, *BUILTIN_MODULES}))} "
+                         "(a plugin task: --import the module that registers it)")
     return TASKS[name]
 
 
