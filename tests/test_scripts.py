@@ -223,7 +223,9 @@ def test_rerun_with_other_extra_args_never_reuses_answers(tiny_ckpt, tmp_path):
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 # Stand-in interpreter: records each process's CUDA_VISIBLE_DEVICES and arguments; inference shards can be made slow.
-{ printf 'CVD=%s' "${CUDA_VISIBLE_DEVICES-unset}"; printf ' %q' "$@"; echo; } >> "$FAKE_LOG"
+# One write per record: shards run concurrently, and several small writes of two shards interleave in the log.
+record="CVD=${CUDA_VISIBLE_DEVICES-unset}$(printf ' %q' "$@")"
+printf '%s\n' "$record" >> "$FAKE_LOG"
 if [[ -n ${FAKE_SLEEP:-} && $2 != llava.eval.merge_chunks && $2 != llava.eval.eval_* ]]; then
     trap 'echo "TERM $$" >> "$FAKE_LOG"; kill "$child" 2> /dev/null; exit 143' TERM
     sleep "$FAKE_SLEEP" & child=$!

@@ -13,6 +13,7 @@ import torch
 from llava.compat import note_untested_stack
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.devices import check_device
+from llava.model import hf_format
 from llava.model.checkpoint import (check_visual_token_num, is_video_llava, llm_load_kwargs, load_llava_llama,
                                     load_tokenizer, num_patches, place_model, read_llava_config, read_model_config,
                                     resolve_anyres_protocol)
@@ -117,6 +118,12 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         vision_tower.load_model(torch_dtype=vision_tower_dtype or torch.float32)
     elif vision_tower_dtype is not None:
         vision_tower.to(dtype=vision_tower_dtype)
+    if (cfg_dict.get("hf_model_type") == "llava" and vision_tower.dtype == torch.float32 and dtype != torch.float32
+            and "quantization_config" not in load_kwargs):
+        # [FasterVLM] from_pretrained rounded the tower to the LLM's dtype before the upcast: its stored weights again
+        clip = vision_tower.vision_tower
+        prefix = "vision_model." if next(iter(clip.state_dict())).startswith("vision_model.") else ""
+        clip.load_state_dict(hf_format.stored_tower_state(model_path, prefix))
     vision_tower.to(device=place_model(model, device, load_kwargs))
     model.eval()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from llava.errors import InputError
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.weights import checkpoint_files, read_prefixed
 
 # transformers' model_type → the class that writes such a checkpoint.
 HF_ARCHITECTURES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
@@ -57,6 +58,17 @@ def is_hf_config(cfg: dict) -> bool:
     """True for a config.json written by transformers' Llava / LlavaNext / VideoLlava classes."""
     return (cfg.get("model_type") in HF_ARCHITECTURES and ("text_config" in cfg or "vision_config" in cfg)
             and not cfg.get("mm_vision_tower") and not cfg.get("mm_video_tower"))
+
+
+def stored_tower_state(model_path: str | os.PathLike, prefix: str) -> dict:
+    """[FasterVLM] A llava-hf LLaVA-1.5 checkpoint's CLIP tower as stored, its keys under ``prefix`` (the module's
+    own: ``vision_model.`` or none, by transformers release).
+
+    ``from_pretrained`` loads every weight in the LLM's dtype; the tower runs in fp32 (as the original layout loads
+    it), and upcasting the loaded copy would keep the rounding: in bf16, fp16-stored weights lose 3 mantissa bits.
+    """
+    state = read_prefixed(checkpoint_files(model_path, "vision_tower."), "vision_tower.")
+    return {prefix + k.removeprefix("vision_model."): v for k, v in state.items() if not k.endswith("position_ids")}
 
 
 def is_hf_checkpoint(model_path: str | os.PathLike) -> bool:
