@@ -1,6 +1,6 @@
 """The toy world's data: synthetic 336-px scenes and questions in the real benchmark file layouts.
 
-    python -m llava.tools.toy_world OUT_DIR [--world v2] [--seed 1] [--questions 510]
+    python -m llava.tools.toy_world OUT_DIR [--world v3] [--seed 1] [--questions 510]
 
 Every image is LLaVA-1.5's geometry (336 × 336 px, 14-px patches: 24 × 24 = 576 patches): low-contrast colour
 noise as clutter, a few grey shapes as distractors, and one *target*, a small saturated shape (28–36 px, about
@@ -28,6 +28,12 @@ needs patches of several shapes. (Two earlier v2 families, measured in pilots, s
 colour of the topmost shape, batch accuracy 0.12–0.24 after 220 of 600 steps, and the number of shapes, 2–5,
 0.16–0.29 after 200; v1's family is at 0.99 after 100. The majority colour is v1's skill on an average over
 several regions.)
+
+**v3** (``--world v3``, the demo's default) asks about area: 4–7 coloured shapes of random kind and side (40–80 px,
+3–6 patches wide), each of one of three colours, apart, and no grey distractors; the three formats ask which colour
+covers the most of the picture, and scenes are redrawn until that colour's pixels are 1.15–1.6 times the next
+colour's. The answer is spread over about 150 patches, so a budget of 58 or fewer must estimate the areas from a
+part of them: v2's shapes fit in 58 tokens, and there several methods stayed within 2 points of the unpruned model.
 
 Everything is a function of ``--seed`` (Python's ``random`` and NumPy's legacy ``RandomState``, both stable across
 versions); the training set (``llava.tools.train_toy``) draws its scenes from another stream of the same seed.
@@ -57,7 +63,7 @@ SHAPES = ("square", "circle", "triangle", "cross")
 TARGET_SIDE = (28, 36)  # px: 2–3 patches wide
 DISTRACTORS = (4, 7)  # grey shapes per image
 FAMILIES = ("textvqa", "pope", "sqa")
-WORLDS = ("v1", "v2")
+WORLDS = ("v1", "v2", "v3")
 MINORITY = (1, 2)  # v2: shapes of other colours, one each, beside the two of the majority colour
 
 SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -70,6 +76,12 @@ CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices dir
 LETTERS = "ABCD"
 MAJORITY_QUESTION = "What color are most of the colored shapes?"
 MAJORITY_YESNO_QUESTION = "Are most of the colored shapes a warm color?"
+AREA_QUESTION = "Which color covers the most of the picture?"
+AREA_YESNO_QUESTION = "Is the color that covers the most of the picture a warm color?"
+AREA_SHAPES = (4, 7)  # v3: coloured shapes per picture
+AREA_SIDE = (40, 80)  # px: 3–6 patches wide
+AREA_COLORS = 3  # distinct colours among them
+AREA_MARGIN = (1.15, 1.6)  # the largest colour area over the second largest
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,58 @@ def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scen
     return Scene2(tuple(shapes), tuple(distractors), rng.randrange(2**31))
 
 
+@dataclass(frozen=True)
+class Scene3:
+    """A v3 picture: 4–7 coloured shapes of 3 colours and many sizes (colour, shape, box); ``color`` is the colour
+    whose shapes cover the most pixels, by 1.15–1.6 times the next one."""
+
+    shapes: tuple[tuple[str, str, tuple[int, int, int, int]], ...]
+    color: str
+    noise_seed: int
+    distractors: tuple = ()
+
+    def shape_patches(self) -> list[list[int]]:
+        return [box_patches(box) for _, _, box in self.shapes]
+
+    def target_patches(self) -> list[int]:
+        """Every patch a coloured shape touches: what the area of each colour is read from."""
+        return sorted({i for patches in self.shape_patches() for i in patches})
+
+    def colored(self) -> tuple[tuple[str, str, tuple[int, int, int, int]], ...]:
+        return self.shapes
+
+
+def color_areas(shapes) -> dict[str, int]:
+    """Pixels each colour covers, as ``render`` draws the shapes."""
+    areas: dict[str, int] = {}
+    for color, kind, box in shapes:
+        mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE))
+        _draw_shape(ImageDraw.Draw(mask), kind, box, 1)
+        areas[color] = areas.get(color, 0) + int(np.asarray(mask).sum())
+    return areas
+
+
+def make_scene3(rng: random.Random) -> Scene3:
+    """A random v3 scene: shapes of random kind, side and colour (of 3), apart; redrawn until the largest colour area
+    is 1.15–1.6 times the second (so that the answer needs most of the coloured patches, and 576 of them decide it)."""
+    while True:
+        palette = rng.sample(list(COLORS), AREA_COLORS)
+        boxes: list[tuple[int, int, int, int]] = []
+        wanted, misses = rng.randint(*AREA_SHAPES), 0
+        while len(boxes) < wanted and misses < 200:
+            s = rng.randint(*AREA_SIDE)
+            x0, y0 = rng.randrange(IMAGE_SIZE - s), rng.randrange(IMAGE_SIZE - s)
+            box = (x0, y0, x0 + s, y0 + s)
+            if any(_near(box, b) for b in boxes):
+                misses += 1
+                continue
+            boxes.append(box)
+        shapes = tuple((rng.choice(palette), rng.choice(SHAPES), b) for b in boxes)
+        areas = sorted(color_areas(shapes).items(), key=lambda kv: -kv[1])
+        if len(areas) >= 2 and AREA_MARGIN[0] <= areas[0][1] / areas[1][1] <= AREA_MARGIN[1]:
+            return Scene3(shapes, areas[0][0], rng.randrange(2**31))
+
+
 def make_scene(rng: random.Random, target_side: tuple[int, int] = TARGET_SIDE) -> Scene:
     """A random scene: the target (side drawn from ``target_side`` px) anywhere, distractors anywhere not over it."""
     side = rng.randint(*target_side)
@@ -192,7 +256,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         draw.rectangle((x0 + t, y0, x1 - t, y1), fill=fill)
 
 
-def render(scene: Scene | Scene2) -> Image.Image:
+def render(scene: Scene | Scene2 | Scene3) -> Image.Image:
     """The scene as a 336 × 336 RGB picture."""
     noise = np.random.RandomState(scene.noise_seed).randint(30, 111, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     img = Image.fromarray(noise, "RGB")
@@ -259,11 +323,17 @@ def choice_set(color: str) -> list[str]:
 
 
 def sample(seed: int, split: str, index: int, family: str | None = None,
-           target_side: tuple[int, int] = TARGET_SIDE, world: str = "v1") -> tuple[Scene | Scene2, Question]:
+           target_side: tuple[int, int] = TARGET_SIDE, world: str = "v1") -> tuple[Scene | Scene2 | Scene3, Question]:
     """Item ``index`` of ``split`` in ``world``: one question (of ``family``, or one drawn at random) and its scene.
 
-    A v2 split's stream is named apart from v1's (``v2/`` prefix), so the worlds share no scenes.
+    A v2 or v3 split's stream is named apart from v1's (``v2/``, ``v3/`` prefix), so the worlds share no scenes;
+    v3 has no curriculum (``target_side`` is not used).
     """
+    if world == "v3":
+        rng = stream(seed, f"v3/{split}", index)
+        family = family or rng.choice(FAMILIES)
+        scene = make_scene3(rng)
+        return scene, color_question(family, scene.color, AREA_QUESTION, AREA_YESNO_QUESTION, AREA_QUESTION)
     if world == "v2":
         rng = stream(seed, f"v2/{split}", index)
         family = family or rng.choice(FAMILIES)
@@ -292,6 +362,8 @@ def tokenizer_corpus(world: str = "v1") -> list[str]:
     lines += [YESNO_QUESTION, " ".join(WARM)]
     if world == "v2":
         lines += [MAJORITY_QUESTION, MAJORITY_YESNO_QUESTION]
+    if world == "v3":
+        lines += [AREA_QUESTION, AREA_YESNO_QUESTION]
     return lines + words
 
 
@@ -384,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", help="benchmark root to fill (textvqa/, pope/, sqa/ as in playground/data/eval)")
     parser.add_argument("--world", choices=WORLDS, default="v1",
-                        help="v1: one coloured target; v2: 3–4 coloured shapes, the colour most of them have")
+                        help="v1: one coloured target; v2: 3–4 coloured shapes, the colour most of them have; v3: 4–7 "
+                             "shapes of three colours, the colour covering the most of the picture")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the scenes and questions (default 1; the shipped model was trained on seed 0's "
                              "training stream, which no evaluation split shares)")

@@ -1,6 +1,6 @@
 """Train the toy world's LLaVA-1.5 on CPU in minutes and save it in the original liuhaotian layout.
 
-    python -m llava.tools.train_toy --out checkpoints/llava-v1.5-toy [--seed 0] [--world v2 --threads 1]
+    python -m llava.tools.train_toy --out checkpoints/llava-v1.5-toy [--seed 0] [--world v3 --threads 1]
 
 Two stages, as the toy world needs them (``llava.tools.toy_world`` makes the scenes):
 
@@ -16,6 +16,8 @@ Two stages, as the toy world needs them (``llava.tools.toy_world`` makes the sce
 
 In the v2 world (``--world v2``: 3–4 coloured shapes, questions about the colour most of them have) stage 1 names
 that colour from [CLS], so [CLS] learns to look at all the coloured shapes, and stage 2's subsets hold all of them.
+v3 (``--world v3``: 4–7 shapes of three colours, the colour covering the most of the picture) trains the same way,
+without a curriculum.
 
 Both stages start with large targets that shrink to the toy world's size (``curriculum``). Every batch is freshly
 generated, so nothing is seen twice; the evaluation splits come from other random streams. The run is
@@ -91,10 +93,11 @@ def curriculum(step: int, steps: int, start: int = 96) -> tuple[int, int]:
     return max(lo, top - (hi - lo)), top
 
 
-CURRICULUM_START = {"v1": 96, "v2": 64}
+CURRICULUM_START = {"v1": 96, "v2": 64, "v3": 64}  # v3 scenes take no side: no curriculum
 # Per world: stage 1 and stage 2 steps and the LLM's depth (the shipped checkpoints' settings).
 WORLD_DEFAULTS = {"v1": dict(tower_steps=200, llm_steps=600, llm_layers=3),
-                  "v2": dict(tower_steps=300, llm_steps=1000, llm_layers=6)}
+                  "v2": dict(tower_steps=300, llm_steps=1000, llm_layers=6),
+                  "v3": dict(tower_steps=400, llm_steps=2000, llm_layers=6)}
 
 
 def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict, world: str = "v1"):
@@ -120,7 +123,7 @@ def train_tower(seed: int, steps: int, batch_size: int, lr: float, log: dict, wo
     for step in bar:
         side = curriculum(step, steps, CURRICULUM_START[world])
         scenes = [toy_world.sample(seed, "train-tower", step * batch_size + i, "textvqa", side, world)[0]
-                  for i in range(batch_size)] if world == "v2" else \
+                  for i in range(batch_size)] if world != "v1" else \
             [toy_world.make_scene(toy_world.stream(seed, "train-tower", step * batch_size + i), side)
              for i in range(batch_size)]
         x = pixel_values([toy_world.render(s) for s in scenes])
@@ -148,14 +151,14 @@ def cls_recall(tower, seed: int, images: int = 128, k: int = 58, world: str = "v
     fraction of images with at least one of them there (random selection: ``k``/576 and ~1 − (1 − ``k``/576)^9);
     in v2 the second is the fraction of images with a patch of *every* coloured shape there.
     """
-    if world == "v2":
+    if world != "v1":
         scenes = [toy_world.sample(seed, "recall", i, "textvqa", world=world)[0] for i in range(images)]
     else:
         scenes = [toy_world.make_scene(toy_world.stream(seed, "recall", i)) for i in range(images)]
     _, cls_attn = tower(pixel_values([toy_world.render(s) for s in scenes]))  # (B, H, N)
     top = cls_attn.mean(dim=1).topk(k, dim=-1).indices
     found = [len(set(s.target_patches()) & set(t.tolist())) / len(s.target_patches()) for s, t in zip(scenes, top)]
-    if world == "v2":
+    if world != "v1":
         every = [all(set(p) & set(t.tolist()) for p in s.shape_patches()) for s, t in zip(scenes, top)]
         return float(np.mean(found)), float(np.mean(every))
     return float(np.mean(found)), float(np.mean([f > 0 for f in found]))
@@ -284,7 +287,7 @@ def train_llm(model, tokenizer, seed: int, steps: int, batch_size: int, lr: floa
                  for i in range(batch_size)]
         subsets.targets = [s.target_patches() for s, _ in items]
         model.set_pruning_method(subsets)
-        size = max(subset_size(sizes), max(map(len, subsets.targets))) if world == "v2" else subset_size(sizes)
+        size = max(subset_size(sizes), max(map(len, subsets.targets))) if world != "v1" else subset_size(sizes)
         model.set_visual_token_num(size if step >= steps // 4 and step % 2 else None)
         ids, mask, labels = encode(tokenizer, [q for _, q in items])
         x = pixel_values([toy_world.render(s) for s, _ in items])
@@ -390,11 +393,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="checkpoint folder to write (e.g. checkpoints/llava-v1.5-toy)")
     parser.add_argument("--world", choices=toy_world.WORLDS, default="v1",
                         help="v1: one coloured target (llava/toy/llava-v1.5-toy); v2: 3–4 coloured shapes, the colour most have, "
-                             "questions needing all of them (llava/toy/llava-v1.5-toy-v2)")
+                             "questions needing all of them (llava/toy/llava-v1.5-toy-v2); v3: 4–7 shapes of three colours, "
+                             "the colour covering the most area (llava/toy/llava-v1.5-toy-v3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the training scenes (default 0)")
-    parser.add_argument("--tower-steps", type=int, help="stage 1 optimiser steps (default: v1 200, v2 300)")
-    parser.add_argument("--llm-steps", type=int, help="stage 2 optimiser steps (default: v1 600, v2 1000)")
-    parser.add_argument("--llm-layers", type=int, help="LLaMA layers of the toy LLM (default: v1 3, v2 6)")
+    parser.add_argument("--tower-steps", type=int, help="stage 1 optimiser steps (default: v1 200, v2 300, v3 400)")
+    parser.add_argument("--llm-steps", type=int, help="stage 2 optimiser steps (default: v1 600, v2 1000, v3 2000)")
+    parser.add_argument("--llm-layers", type=int, help="LLaMA layers of the toy LLM (default: v1 3, v2 and v3 6)")
     parser.add_argument("--batch-size", type=int, default=32, help="stage 1 images per step (default 32)")
     parser.add_argument("--llm-batch-size", type=int, default=16, help="stage 2 questions per step (default 16)")
     parser.add_argument("--tower-lr", type=float, default=2e-3, help="stage 1 peak AdamW learning rate (default 2e-3)")
