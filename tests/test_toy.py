@@ -28,8 +28,6 @@ from llava.tools import toy_demo, toy_world, train_toy
 SHIPPED, SHIPPED_V2, SHIPPED_V3 = toy_demo.SHIPPED, toy_demo.SHIPPED_V2, toy_demo.SHIPPED_V3
 needs_shipped = pytest.mark.skipif(not (SHIPPED / "config.json").is_file(),
                                    reason=f"no shipped toy checkpoint at {SHIPPED}")
-needs_shipped_v2 = pytest.mark.skipif(not (SHIPPED_V2 / "config.json").is_file(),
-                                      reason=f"no shipped toy checkpoint at {SHIPPED_V2}")
 needs_shipped_v3 = pytest.mark.skipif(not (SHIPPED_V3 / "config.json").is_file(),
                                       reason=f"no shipped toy checkpoint at {SHIPPED_V3}")
 
@@ -230,33 +228,31 @@ def test_shipped_checkpoint_accuracy(toy_data, method, tokens):
 
 
 @pytest.fixture(scope="module")
-def toy_data_v2(tmp_path_factory) -> Path:
-    return toy_world.make_toy_benchmarks(tmp_path_factory.mktemp("toy-v2"), seed=1, questions=3 * SUBSET, world="v2")
+def world_data(tmp_path_factory):
+    """``world_data(world)``: the CI subset of ``world``'s held-out benchmarks, written once per module."""
+    cache: dict[str, Path] = {}
+
+    def get(world: str) -> Path:
+        if world not in cache:
+            cache[world] = toy_world.make_toy_benchmarks(tmp_path_factory.mktemp(f"toy-{world}"), seed=1,
+                                                         questions=3 * SUBSET, world=world)
+        return cache[world]
+
+    return get
 
 
-@needs_shipped_v2
-@pytest.mark.parametrize("method, tokens", sorted(EXPECTED_V2))
-def test_shipped_v2_checkpoint_accuracy(toy_data_v2, method, tokens):
+@pytest.mark.parametrize("world, method, tokens", [(world, *cell) for world, expected in
+                                                   (("v2", EXPECTED_V2), ("v3", EXPECTED_V3)) for cell in sorted(expected)])
+def test_shipped_multi_region_checkpoint_accuracy(world_data, world, method, tokens):
+    ckpt = {"v2": SHIPPED_V2, "v3": SHIPPED_V3}[world]
+    if not (ckpt / "config.json").is_file():
+        pytest.skip(f"no shipped toy checkpoint at {ckpt}")
     if not toy_demo.usable_methods([method])[0]:
         pytest.skip(f"{method} cannot run with this install")
-    cell = toy_demo.evaluate_cell(toy_data_v2, SHIPPED_V2, method, tokens, batch_size=40)
+    cell = toy_demo.evaluate_cell(world_data(world), ckpt, method, tokens, batch_size=40)
     assert cell["questions"] == 3 * SUBSET
-    assert abs(cell["accuracy"] - EXPECTED_V2[method, tokens]) <= TOLERANCE, (method, tokens, cell)
-
-
-@pytest.fixture(scope="module")
-def toy_data_v3(tmp_path_factory) -> Path:
-    return toy_world.make_toy_benchmarks(tmp_path_factory.mktemp("toy-v3"), seed=1, questions=3 * SUBSET, world="v3")
-
-
-@needs_shipped_v3
-@pytest.mark.parametrize("method, tokens", sorted(EXPECTED_V3))
-def test_shipped_v3_checkpoint_accuracy(toy_data_v3, method, tokens):
-    if not toy_demo.usable_methods([method])[0]:
-        pytest.skip(f"{method} cannot run with this install")
-    cell = toy_demo.evaluate_cell(toy_data_v3, SHIPPED_V3, method, tokens, batch_size=40)
-    assert cell["questions"] == 3 * SUBSET
-    assert abs(cell["accuracy"] - EXPECTED_V3[method, tokens]) <= TOLERANCE, (method, tokens, cell)
+    expected = {"v2": EXPECTED_V2, "v3": EXPECTED_V3}[world][method, tokens]
+    assert abs(cell["accuracy"] - expected) <= TOLERANCE, (world, method, tokens, cell)
 
 
 @needs_shipped

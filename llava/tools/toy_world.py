@@ -46,6 +46,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -110,19 +111,10 @@ def box_patches(box: tuple[int, int, int, int]) -> list[int]:
     return [r * GRID + c for r in range(y0 // PATCH, (y1 - 1) // PATCH + 1) for c in cols]
 
 
-@dataclass(frozen=True)
-class Scene2:
-    """A v2 picture: 3–4 coloured shapes (colour, shape, box), the majority colour's two first, distractors and the
-    pixel seed."""
+class _ManyShapes:
+    """What v2 and v3 scenes share: several coloured shapes (``shapes``: (colour, shape, box) each)."""
 
     shapes: tuple[tuple[str, str, tuple[int, int, int, int]], ...]
-    distractors: tuple[tuple[str, tuple[int, int, int, int], int], ...]
-    noise_seed: int
-
-    @property
-    def color(self) -> str:
-        """The colour most of the coloured shapes have (two of them), what every v2 question asks about."""
-        return self.shapes[0][0]
 
     def shape_patches(self) -> list[list[int]]:
         """Per coloured shape, the patches its box touches."""
@@ -136,6 +128,21 @@ class Scene2:
         return self.shapes
 
 
+@dataclass(frozen=True)
+class Scene2(_ManyShapes):
+    """A v2 picture: 3–4 coloured shapes (colour, shape, box), the majority colour's two first, distractors and the
+    pixel seed."""
+
+    shapes: tuple[tuple[str, str, tuple[int, int, int, int]], ...]
+    distractors: tuple[tuple[str, tuple[int, int, int, int], int], ...]
+    noise_seed: int
+
+    @property
+    def color(self) -> str:
+        """The colour most of the coloured shapes have (two of them), what every v2 question asks about."""
+        return self.shapes[0][0]
+
+
 def stream(seed: int, split: str, index: int) -> random.Random:
     """The independent random stream of item ``index`` of ``split`` (e.g. ``"train"``, ``"eval"``)."""
     digest = hashlib.sha256(f"toy-world/{seed}/{split}/{index}".encode()).digest()
@@ -147,6 +154,28 @@ def _near(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin: in
     return a[0] < b[2] + margin and b[0] < a[2] + margin and a[1] < b[3] + margin and b[1] < a[3] + margin
 
 
+def _place_apart(rng: random.Random, count: int, side: Callable[[], int], stuck: int,
+                 restart: bool) -> list[tuple[int, int, int, int]]:
+    """``count`` square boxes of ``side()`` px anywhere in the picture, none near another, by rejection sampling.
+    After ``stuck`` rejections (counted over the whole call) the boxes so far leave no room: start over
+    (``restart``), or return the fewer boxes placed."""
+    boxes: list[tuple[int, int, int, int]] = []
+    misses = 0
+    while len(boxes) < count:
+        s = side()
+        x0, y0 = rng.randrange(IMAGE_SIZE - s), rng.randrange(IMAGE_SIZE - s)
+        box = (x0, y0, x0 + s, y0 + s)
+        if any(_near(box, b) for b in boxes):
+            misses += 1
+            if misses == stuck:
+                if not restart:
+                    break
+                boxes, misses = [], 0
+            continue
+        boxes.append(box)
+    return boxes
+
+
 def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scene2:
     """A random v2 scene: two shapes of the majority colour and one or two of other colours, one shape kind and side
     for all (equal areas: "most" by count is most by area), apart, then grey distractors anywhere not over them.
@@ -154,17 +183,7 @@ def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scen
     major, *others = rng.sample(list(COLORS), 1 + rng.randint(*MINORITY))
     colors = [major, major, *others]
     kind, s = rng.choice(SHAPES), rng.randint(*side)
-    boxes: list[tuple[int, int, int, int]] = []
-    misses = 0
-    while len(boxes) < len(colors):
-        x0, y0 = rng.randrange(IMAGE_SIZE - s), rng.randrange(IMAGE_SIZE - s)
-        box = (x0, y0, x0 + s, y0 + s)
-        if any(_near(box, b) for b in boxes):
-            misses += 1
-            if misses == 100:  # the boxes so far leave no room: start over
-                boxes, misses = [], 0
-            continue
-        boxes.append(box)
+    boxes = _place_apart(rng, len(colors), lambda: s, stuck=100, restart=True)
     shapes = [(c, kind, b) for c, b in zip(colors, boxes)]
     distractors, n = [], rng.randint(*DISTRACTORS)
     while len(distractors) < n:
@@ -176,7 +195,7 @@ def make_scene2(rng: random.Random, side: tuple[int, int] = TARGET_SIDE) -> Scen
 
 
 @dataclass(frozen=True)
-class Scene3:
+class Scene3(_ManyShapes):
     """A v3 picture: 4–7 coloured shapes of 3 colours and many sizes (colour, shape, box); ``color`` is the colour
     whose shapes cover the most pixels, by 1.15–1.6 times the next one."""
 
@@ -184,16 +203,6 @@ class Scene3:
     color: str
     noise_seed: int
     distractors: tuple = ()
-
-    def shape_patches(self) -> list[list[int]]:
-        return [box_patches(box) for _, _, box in self.shapes]
-
-    def target_patches(self) -> list[int]:
-        """Every patch a coloured shape touches: what the area of each colour is read from."""
-        return sorted({i for patches in self.shape_patches() for i in patches})
-
-    def colored(self) -> tuple[tuple[str, str, tuple[int, int, int, int]], ...]:
-        return self.shapes
 
 
 def color_areas(shapes) -> dict[str, int]:
@@ -211,16 +220,7 @@ def make_scene3(rng: random.Random) -> Scene3:
     is 1.15–1.6 times the second (so that the answer needs most of the coloured patches, and 576 of them decide it)."""
     while True:
         palette = rng.sample(list(COLORS), AREA_COLORS)
-        boxes: list[tuple[int, int, int, int]] = []
-        wanted, misses = rng.randint(*AREA_SHAPES), 0
-        while len(boxes) < wanted and misses < 200:
-            s = rng.randint(*AREA_SIDE)
-            x0, y0 = rng.randrange(IMAGE_SIZE - s), rng.randrange(IMAGE_SIZE - s)
-            box = (x0, y0, x0 + s, y0 + s)
-            if any(_near(box, b) for b in boxes):
-                misses += 1
-                continue
-            boxes.append(box)
+        boxes = _place_apart(rng, rng.randint(*AREA_SHAPES), lambda: rng.randint(*AREA_SIDE), stuck=200, restart=False)
         shapes = tuple((rng.choice(palette), rng.choice(SHAPES), b) for b in boxes)
         areas = sorted(color_areas(shapes).items(), key=lambda kv: -kv[1])
         if len(areas) >= 2 and AREA_MARGIN[0] <= areas[0][1] / areas[1][1] <= AREA_MARGIN[1]:
