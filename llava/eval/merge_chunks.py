@@ -4,9 +4,9 @@ Refuses to mix: every chunk must carry an unedited run manifest, all manifests m
 (weights and image/video set included; only the chunk index may differ), every line must carry its chunk's
 manifest fingerprint, and no chunk may still be being written (its lock is held). Then the merged answers are
 checked against the question set, rebuilt from the manifest through the task registry (``llava.eval.tasks``,
-by the task name the manifest records; a plugin task's module must be named by ``--import``): a missing, extra or repeated question is an error naming the first few,
-unless ``--allow-partial``, which merges what is there and marks the merged manifest (and every score made from
-it) partial.
+by the task name the manifest records; a plugin task's module must be named by ``--import``): a missing, extra or
+repeated question is an error naming the first few, unless ``--allow-partial``, which merges what is there and
+marks the merged manifest (and every score made from it) partial.
 """
 from __future__ import annotations
 
