@@ -19,7 +19,7 @@ that colour from [CLS], so [CLS] learns to look at all the coloured shapes, and 
 v3 (``--world v3``: 4–7 shapes of three colours, the colour covering the most of the picture) trains the same way,
 without a curriculum.
 
-Both stages start with large targets that shrink to the toy world's size (``curriculum``). Every batch is freshly
+In v1 and v2 both stages start with large targets that shrink to the toy world's size (``curriculum``). Every batch is freshly
 generated, so nothing is seen twice; the evaluation splits come from other random streams. The run is
 deterministic for a seed and ``--threads``. ``OUT`` then holds ``config.json``, the fp16 LLM weights (two shards
 and an index), the sentencepiece tokenizer, ``vision_tower/`` (fp32 CLIP weights and preprocessor, which
@@ -93,7 +93,9 @@ def curriculum(step: int, steps: int, start: int = 96) -> tuple[int, int]:
     return max(lo, top - (hi - lo)), top
 
 
-CURRICULUM_START = {"v1": 96, "v2": 64, "v3": 64}  # v3 scenes take no side: no curriculum
+# v3 draws its shapes at their final sizes (``toy_world.make_scene3`` takes no side): its entry only feeds the
+# progress bar, whose "side" then means nothing.
+CURRICULUM_START = {"v1": 96, "v2": 64, "v3": 64}
 # Per world: stage 1 and stage 2 steps and the LLM's depth (the shipped checkpoints' settings).
 WORLD_DEFAULTS = {"v1": dict(tower_steps=200, llm_steps=600, llm_layers=3),
                   "v2": dict(tower_steps=300, llm_steps=1000, llm_layers=6),
@@ -377,7 +379,7 @@ def train_toy(out_dir: str | Path, seed: int = 0, tower_steps: int | None = None
     _save_sharded(state, out_dir, "safetensors")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     log["summary"] = {
-        **({"world": world} if world != "v1" else {}), "seed": seed, "threads": threads, "batch_size": batch_size, "llm_batch_size": llm_batch_size, "tower_steps": tower_steps, "llm_steps": llm_steps, **({"llm_layers": llm_layers} if llm_layers != 3 else {}),
+        **({"world": world} if world != "v1" else {}), "seed": seed, "threads": threads, "batch_size": batch_size, "llm_batch_size": llm_batch_size, "tower_steps": tower_steps, "llm_steps": llm_steps, **({"llm_layers": llm_layers} if llm_layers != LLM["num_hidden_layers"] else {}),
         "wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
         "tower_wall_s": round(stage1, 1), "final_tower_accuracy": float(np.mean(log["tower"]["accuracy"][-10:])),
         "target_recall_top58": recall, "target_hit_top58": hit,
